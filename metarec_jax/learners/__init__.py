@@ -1,0 +1,30 @@
+"""Learner registry: a name -> a Learner (see learners/base.py for the interface)."""
+
+from __future__ import annotations
+
+from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, masked_mse
+from metarec_jax.learners.baselines import TRIVIAL, make_trivial
+from metarec_jax.learners.maml import ADAPT_MODES, adapt_mask, make_gradient_learner
+
+LEARNERS = ("maml", "fomaml") + TRIVIAL + ("pooled", "finetune")
+
+
+def create_learner(name: str, model=None, *, inner_lr: float = 0.1, inner_steps: int = 1,
+                   adapt: str = "head", first_order: bool = False) -> Learner:
+  """Builds a learner by name. Gradient learners need `model`."""
+  if name in TRIVIAL:
+    return make_trivial(name)
+  if name in ("maml", "fomaml"):
+    return make_gradient_learner(model, name=name, objective="maml", inner_lr=inner_lr,
+                                 inner_steps=inner_steps, adapt=adapt,
+                                 first_order=first_order or name == "fomaml")
+  if name == "pooled":
+    return make_gradient_learner(model, name=name, objective="pooled", inner_lr=0.0, inner_steps=0, adapt=adapt)
+  if name == "finetune":
+    return make_gradient_learner(model, name=name, objective="pooled", inner_lr=inner_lr,
+                                 inner_steps=inner_steps, adapt=adapt)
+  raise ValueError(f"Unsupported learner: {name!r}; choose one of {', '.join(LEARNERS)}")
+
+
+__all__ = ["Batch", "Episode", "FitContext", "Learner", "masked_mse", "create_learner", "LEARNERS",
+           "ADAPT_MODES", "adapt_mask"]

@@ -1,0 +1,72 @@
+"""The one interface every learner implements.
+
+A learner is a bundle of pure functions over a featurised episode:
+
+  init(rng, example: Episode, ctx: FitContext) -> meta_params
+  adapt(meta_params, support: Batch) -> task_state          # one task
+  predict(meta_params, task_state, x) -> [N] scores          # one task
+  meta_loss(meta_params, episodes: Episode, rng) -> (loss, aux)   # [task]-batched
+
+`meta_loss` is None for learners with nothing to meta-train (they are fitted in `init`).
+`predict` takes the meta-parameters as well as the task state so that shared weights are
+never copied per task under vmap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from metarec_jax.data.schema import FieldSpec
+
+
+class Batch(NamedTuple):
+  x: dict[str, jnp.ndarray]  # field -> [..., N] or [..., N, k]
+  y: jnp.ndarray  # [..., N]
+  mask: jnp.ndarray  # [..., N] bool
+
+
+class Episode(NamedTuple):
+  support: Batch
+  query: Batch
+
+
+@dataclasses.dataclass(frozen=True)
+class FitContext:
+  """What a learner may know about the training data."""
+
+  model: nn.Module
+  fields: tuple[FieldSpec, ...]
+  n_items: int
+  train_users: np.ndarray  # [R] ratings seen in meta-training
+  train_items: np.ndarray
+  train_ratings: np.ndarray
+
+  @property
+  def global_mean(self) -> float:
+    return float(self.train_ratings.mean()) if len(self.train_ratings) else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Learner:
+  name: str
+  family: str  # "optimisation", "model", "metric" or "baseline"
+  init: Callable[..., Any]
+  adapt: Callable[..., Any]
+  predict: Callable[..., jnp.ndarray]
+  meta_loss: Callable[..., Any] | None = None
+
+
+def masked_mse(pred: jnp.ndarray, y: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+  return jnp.sum(mask * (pred - y) ** 2) / jnp.maximum(mask.sum(), 1)
+
+
+def concat_batches(a: Batch, b: Batch) -> Batch:
+  """Joins two batches along the item axis (the last axis of y)."""
+  axis = a.y.ndim - 1
+  x = {k: jnp.concatenate([a.x[k], b.x[k]], axis=axis) for k in a.x}
+  return Batch(x, jnp.concatenate([a.y, b.y], axis), jnp.concatenate([a.mask, b.mask], axis))

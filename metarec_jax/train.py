@@ -1,0 +1,358 @@
+"""Meta-training and evaluation: one state pytree, pure jitted steps, device-resident episodes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from metarec_jax import metrics as metrics_lib
+from metarec_jax import writers
+from metarec_jax.data import load_dataset
+from metarec_jax.data.features import ITEM_ID_FIELD, feature_tables, featurize
+from metarec_jax.data.tasks import SCENARIOS, Episodes, TaskConfig, build_scenarios
+from metarec_jax.learners import FitContext, Learner, create_learner
+from metarec_jax.learners.base import Batch, Episode
+from metarec_jax.models import create_model
+
+BASELINES = ("global_mean", "item_mean", "support_mean", "pooled", "finetune")
+# Fine-tuning grid for the `finetune` baseline, chosen on validation users.
+FINETUNE_GRID = tuple((lr, steps) for lr in (0.003, 0.01, 0.03, 0.1, 0.3) for steps in (1, 5))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Every option of a run; experiments/train.py maps its flags onto these fields."""
+
+  dataset: str = "synthetic"
+  data_dir: str | None = None
+  synthetic_users: int = 600
+  synthetic_items: int = 800
+  model: str = "content"
+  learner: str = "maml"
+  inner_steps: int = 1
+  inner_lr: float = 0.5
+  outer_lr: float = 1e-3
+  meta_batch_size: int = 32
+  epochs: int = 30
+  patience: int = 8
+  adapt: str = "head"
+  first_order: bool = False
+  seed: int = 0
+  embed_dim: int = 32
+  hidden: tuple[int, ...] = (64, 64)
+  item_id_feature: bool = True
+  id_dropout: float = 0.1
+  redraw: bool = True  # re-draw each training task's support/query split every step
+  weight_decay: float = 0.0
+  query_size: int = 10
+  min_ratings: int = 13
+  max_ratings: int = 100
+  max_support: int | None = None
+  val_user_frac: float = 0.15
+  baselines: tuple[str, ...] = BASELINES
+  eval_chunk: int = 128
+  ndcg_ks: tuple[int, ...] = (1, 3, 5)
+
+  def task_config(self) -> TaskConfig:
+    return TaskConfig(query_size=self.query_size, min_ratings=self.min_ratings, max_ratings=self.max_ratings,
+                      max_support=self.max_support, val_user_frac=self.val_user_frac)
+
+  def validate(self) -> None:
+    checks = [
+        (self.inner_steps >= 0, f"inner_steps must be >= 0, got {self.inner_steps}"),
+        (self.inner_lr >= 0, f"inner_lr must be >= 0, got {self.inner_lr}"),
+        (self.outer_lr > 0, f"outer_lr must be > 0, got {self.outer_lr}"),
+        (self.meta_batch_size > 0, f"meta_batch_size must be > 0, got {self.meta_batch_size}"),
+        (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
+        (0 <= self.id_dropout < 1, f"id_dropout must be in [0, 1), got {self.id_dropout}"),
+        (self.eval_chunk > 0, f"eval_chunk must be > 0, got {self.eval_chunk}"),
+    ]
+    for ok, msg in checks:
+      if not ok:
+        raise ValueError(msg)
+    for b in self.baselines:
+      if b not in BASELINES:
+        raise ValueError(f"Unsupported baseline: {b!r}; choose from {', '.join(BASELINES)}")
+    self.task_config()
+
+
+class MetaTrainState(flax.struct.PyTreeNode):
+  step: jnp.ndarray
+  params: Any
+  opt_state: Any
+  rng: jnp.ndarray
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+def create_train_state(rng, params, tx) -> MetaTrainState:
+  return MetaTrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng, tx=tx)
+
+
+def featurize_episodes(tables: dict, ep: dict) -> Episode:
+  """Padded index arrays ([task, S] / [task, Q]) -> featurised Episode."""
+  sx = featurize(tables, ep["user"], ep["support_item"])
+  qx = featurize(tables, ep["user"], ep["query_item"])
+  return Episode(Batch(sx, ep["support_rating"], ep["support_mask"]),
+                 Batch(qx, ep["query_rating"], ep["query_mask"]))
+
+
+def drop_item_ids(rng, episode: Episode, rate: float) -> Episode:
+  """Replaces item ids by the unknown id with probability `rate` (cold-item training)."""
+  def drop(key, batch):
+    ids = batch.x[ITEM_ID_FIELD]
+    x = dict(batch.x)
+    x[ITEM_ID_FIELD] = jnp.where(jax.random.bernoulli(key, rate, ids.shape), 0, ids)
+    return batch._replace(x=x)
+  k1, k2 = jax.random.split(rng)
+  return Episode(drop(k1, episode.support), drop(k2, episode.query))
+
+
+def redraw_support_query(rng, ep: dict) -> dict:
+  """Re-splits each task's ratings into a fresh random query (same size) and support.
+
+  Fixed shapes: the pooled [task, S + Q] ratings are ordered by random keys (padding
+  last), the first Q become the query and the rest the support.
+  """
+  Q = ep["query_item"].shape[1]
+  pool = {k: jnp.concatenate([ep[f"query_{k}"], ep[f"support_{k}"]], axis=1) for k in ("item", "rating", "mask")}
+  keys = jnp.where(pool["mask"], jax.random.uniform(rng, pool["mask"].shape), 2.0)
+  order = jnp.argsort(keys, axis=1)
+  pool = {k: jnp.take_along_axis(v, order, axis=1) for k, v in pool.items()}
+  out = dict(ep)
+  for k, v in pool.items():
+    out[f"query_{k}"], out[f"support_{k}"] = v[:, :Q], v[:, Q:]
+  return out
+
+
+def make_train_step(learner: Learner, *, id_dropout: float = 0.0, redraw: bool = False) -> Callable:
+  """meta_train_step(state, data, idx) -> (state, aux); data = {"episodes", "tables"} on device."""
+
+  def step(state: MetaTrainState, data: dict, idx: jnp.ndarray):
+    key = jax.random.fold_in(state.rng, state.step)
+    loss_key, drop_key, split_key = jax.random.split(key, 3)
+    batch = jax.tree.map(lambda a: a[idx], data["episodes"])
+    if redraw:
+      batch = redraw_support_query(split_key, batch)
+    episode = featurize_episodes(data["tables"], batch)
+    if id_dropout > 0 and ITEM_ID_FIELD in data["tables"]:
+      episode = drop_item_ids(drop_key, episode, id_dropout)
+    (_, aux), grads = jax.value_and_grad(learner.meta_loss, has_aux=True)(state.params, episode, loss_key)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), aux
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_predict_fn(learner: Learner) -> Callable:
+  """predict(params, tables, episodes) -> [task, Q] query predictions, vmapped and jitted."""
+
+  def run(params, tables, ep):
+    episode = featurize_episodes(tables, ep)
+
+    def one(support, qx):
+      return learner.predict(params, learner.adapt(params, support), qx)
+
+    return jax.vmap(one)(episode.support, episode.query.x)
+
+  return jax.jit(run)
+
+
+def predict_episodes(predict_fn, params, tables, episodes: Episodes, chunk: int) -> np.ndarray:
+  """Predicts every task in fixed-size chunks (padding the last), so one compile serves all."""
+  T = len(episodes)
+  if T == 0:
+    return np.zeros((0, episodes.query_item.shape[1]), np.float32)
+  arrays = episodes.arrays()
+  outs = []
+  for start in range(0, T, chunk):
+    idx = np.arange(start, start + chunk) % T
+    outs.append(predict_fn(params, tables, {k: v[idx] for k, v in arrays.items()}))
+  return np.asarray(jnp.concatenate(outs))[:T]
+
+
+def score(pred: np.ndarray, episodes: Episodes, ks=(1, 3, 5)) -> dict[str, float]:
+  if len(episodes) == 0:
+    return {"n_tasks": 0}
+  m = metrics_lib.rating_metrics(jnp.asarray(pred), jnp.asarray(episodes.query_rating),
+                                 jnp.asarray(episodes.query_mask), ks=ks)
+  out = {k: float(v) for k, v in m.items()}
+  out["n_tasks"] = len(episodes)
+  return out
+
+
+def fit(learner: Learner, params, data: dict, scen, config: Config, *, log: writers.MetricsLog | None,
+        predict_fn: Callable) -> tuple[Any, dict]:
+  """Meta-trains `learner` with Adam; keeps the params that are best on validation MAE."""
+  tx = optax.adamw(config.outer_lr, weight_decay=config.weight_decay) if config.weight_decay else optax.adam(config.outer_lr)
+  state = create_train_state(jax.random.key(config.seed + 1), params, tx)
+  step_fn = make_train_step(learner, id_dropout=config.id_dropout, redraw=config.redraw)
+  T, B = len(scen.train), config.meta_batch_size
+  n_batches = -(-T // B)
+  best = {"val_mae": float("inf"), "epoch": 0}
+  best_params = params
+  if config.epochs and len(scen.val):
+    best["val_mae"] = score(predict_episodes(predict_fn, params, data["tables"], scen.val, config.eval_chunk),
+                            scen.val)["mae"]
+  best_params = jax.tree.map(jnp.copy, params)
+  bad_epochs, train_time, last_finite = 0, 0.0, None
+  perm_key = jax.random.key(config.seed + 2)
+  for epoch in range(1, config.epochs + 1):
+    t0 = time.perf_counter()
+    perm = jax.random.permutation(jax.random.fold_in(perm_key, epoch), T)
+    perm = jnp.concatenate([perm, perm[: n_batches * B - T]]).reshape(n_batches, B)
+    losses = []
+    for b in range(n_batches):
+      state, aux = step_fn(state, data, perm[b])
+      losses.append(aux["loss"])
+    losses = np.asarray(jnp.stack(losses))
+    epoch_time = time.perf_counter() - t0
+    train_time += epoch_time
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+      step = (epoch - 1) * n_batches + int(bad[0]) + 1
+      raise FloatingPointError(
+          f"{learner.name}: non-finite training loss at step {step} (epoch {epoch}); "
+          f"last finite loss {last_finite}; lower --outer_lr or --inner_lr")
+    last_finite = float(losses[-1])
+    val = score(predict_episodes(predict_fn, state.params, data["tables"], scen.val, config.eval_chunk), scen.val)
+    record = {"learner": learner.name, "epoch": epoch, "step": int(epoch * n_batches),
+              "train/loss": float(losses.mean()), "time/epoch_s": epoch_time,
+              "time/tasks_per_s": n_batches * B / epoch_time}
+    record.update({f"val/{k}": v for k, v in val.items() if k in ("mae", "rmse", "ndcg@3")})
+    if log:
+      log.write(record)
+    logging.info("%s epoch %d: train loss %.4f, val MAE %.4f, val nDCG@3 %.4f (%.1fs)", learner.name, epoch,
+                 record["train/loss"], val.get("mae", float("nan")), val.get("ndcg@3", float("nan")), epoch_time)
+    if val.get("mae", float("inf")) < best["val_mae"]:
+      best = {"val_mae": val["mae"], "epoch": epoch}
+      best_params = jax.tree.map(jnp.copy, state.params)
+      bad_epochs = 0
+    else:
+      bad_epochs += 1
+      if bad_epochs >= config.patience:
+        break
+  steps = int(state.step)
+  info = {"best_epoch": best["epoch"], "best_val_mae": best["val_mae"], "epochs_run": epoch if config.epochs else 0,
+          "steps": steps, "train_time_s": train_time,
+          "tasks_per_s": steps * B / train_time if train_time else None}
+  return best_params, info
+
+
+def train_and_evaluate(config: Config, workdir: str) -> dict:
+  """Loads data, meta-trains the learner and the baselines, evaluates the four scenarios."""
+  config.validate()
+  t_start = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  writers.write_json_atomic(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
+  log = writers.MetricsLog(workdir)
+
+  ds = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                    synthetic_users=config.synthetic_users, synthetic_items=config.synthetic_items)
+  scen = build_scenarios(ds, config.task_config(), config.seed)
+  if len(scen.train) == 0:
+    raise ValueError(f"{config.dataset}: no meta-training tasks survive the {config.min_ratings}-"
+                     f"{config.max_ratings} ratings filter")
+  known = np.zeros(ds.n_items, bool)
+  known[scen.train_ratings[1]] = True
+  fields, tables = feature_tables(ds, known_items=known, item_id=config.item_id_feature)
+  ctx_ratings = scen.train_ratings
+  global_mean = float(ctx_ratings[2].mean())
+  model = create_model(config.model, fields=fields, embed_dim=config.embed_dim, hidden=config.hidden,
+                       output_bias=global_mean)
+  ctx = FitContext(model=model, fields=fields, n_items=ds.n_items, train_users=ctx_ratings[0],
+                   train_items=ctx_ratings[1], train_ratings=ctx_ratings[2])
+  data = {"episodes": {k: jnp.asarray(v) for k, v in scen.train.arrays().items()},
+          "tables": {k: jnp.asarray(v) for k, v in tables.items()}}
+  example = featurize_episodes(data["tables"], jax.tree.map(lambda a: a[:1], data["episodes"]))
+  t_data = time.perf_counter() - t_start
+
+  def make(name, **kw):
+    opts = dict(inner_lr=config.inner_lr, inner_steps=config.inner_steps, adapt=config.adapt,
+                first_order=config.first_order)
+    opts.update(kw)
+    return create_learner(name, model, **opts)
+
+  def evaluate_all(learner, params, *, predict_fn=None):
+    predict_fn = predict_fn or make_predict_fn(learner)
+    preds = {s: predict_episodes(predict_fn, params, data["tables"], scen.test[s], config.eval_chunk)
+             for s in SCENARIOS}
+    return preds, {s: score(preds[s], scen.test[s], config.ndcg_ks) for s in SCENARIOS}
+
+  results, training, timing = {}, {}, {"data_s": t_data}
+  init_rng = jax.random.key(config.seed)
+
+  # The learner under study.
+  learner = make(config.learner)
+  t0 = time.perf_counter()
+  params = learner.init(init_rng, example, ctx)
+  predict_fn = make_predict_fn(learner)
+  if learner.meta_loss is not None:
+    params, training[learner.name] = fit(learner, params, data, scen, config, log=log, predict_fn=predict_fn)
+  preds, results[learner.name] = evaluate_all(learner, params, predict_fn=predict_fn)
+  timing[learner.name] = time.perf_counter() - t0
+  adaptation = {}
+  if learner.family == "optimisation" and config.inner_steps > 0:
+    frozen = make(config.learner, inner_steps=0)
+    preds0, res0 = evaluate_all(frozen, params)
+    for s in SCENARIOS:
+      m = scen.test[s].query_mask
+      delta = float(np.abs(preds[s] - preds0[s])[m].mean()) if m.any() else None
+      adaptation[s] = {"mean_abs_change": delta, "mae_without_adaptation": res0[s].get("mae")}
+
+  # Baselines on the same splits.
+  pooled_params = None
+  for name in config.baselines:
+    if name == config.learner:
+      continue
+    t0 = time.perf_counter()
+    if name in ("global_mean", "item_mean", "support_mean"):
+      b = make(name)
+      _, results[name] = evaluate_all(b, b.init(init_rng, example, ctx))
+    elif name in ("pooled", "finetune"):
+      pooled = make("pooled")
+      if pooled_params is None:
+        pooled_predict = make_predict_fn(pooled)
+        pooled_params, training["pooled"] = fit(pooled, pooled.init(init_rng, example, ctx), data, scen, config,
+                                                log=log, predict_fn=pooled_predict)
+      if name == "pooled":
+        _, results[name] = evaluate_all(pooled, pooled_params)
+      else:
+        best = None
+        for lr, steps in FINETUNE_GRID:
+          cand = make("finetune", inner_lr=lr, inner_steps=steps)
+          fn = make_predict_fn(cand)
+          val_mae = score(predict_episodes(fn, pooled_params, data["tables"], scen.val, config.eval_chunk),
+                          scen.val)["mae"]
+          if best is None or val_mae < best[0]:
+            best = (val_mae, lr, steps, cand, fn)
+        training["finetune"] = {"selected_inner_lr": best[1], "selected_inner_steps": best[2],
+                                "val_mae": best[0]}
+        _, results[name] = evaluate_all(best[3], pooled_params, predict_fn=best[4])
+    timing[name] = time.perf_counter() - t0
+
+  timing["total_s"] = time.perf_counter() - t_start
+  final = {
+      "dataset": {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items, "n_ratings": ds.n_ratings,
+                  "n_train_tasks": len(scen.train), "n_val_tasks": len(scen.val),
+                  "n_test_tasks": {s: len(scen.test[s]) for s in SCENARIOS},
+                  "n_new_items": int(scen.split.new_item.sum())},
+      "learner": config.learner,
+      "results": results,
+      "adaptation": adaptation,
+      "training": {k: {kk: vv for kk, vv in v.items() if kk not in ("train_time_s", "tasks_per_s")}
+                   for k, v in training.items()},
+      "timing": {**timing, "training": {k: {"train_time_s": v.get("train_time_s"), "tasks_per_s": v.get("tasks_per_s")}
+                                        for k, v in training.items()}},
+  }
+  writers.write_json_atomic(os.path.join(workdir, "final_metrics.json"), final)
+  return final

@@ -1,0 +1,59 @@
+"""Metrics as data: config.json once, metrics.jsonl per log step, a final JSON. Atomic writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+
+def to_jsonable(obj: Any) -> Any:
+  if isinstance(obj, dict):
+    return {str(k): to_jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [to_jsonable(v) for v in obj]
+  if hasattr(obj, "shape") and getattr(obj, "shape", None) == ():
+    obj = obj.item()
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  if isinstance(obj, (np.integer,)):
+    return int(obj)
+  if isinstance(obj, (np.floating, float)):
+    obj = float(obj)
+    return obj if math.isfinite(obj) else None
+  return obj
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes JSON to a temp file in the same folder, then renames it over `path`."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
+      f.write("\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+class MetricsLog:
+  """Appends one JSON line per log step to <workdir>/metrics.jsonl."""
+
+  def __init__(self, workdir: str):
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    open(self.path, "w").close()
+
+  def write(self, record: dict) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")

@@ -1,0 +1,37 @@
+"""Test setup: 4 fake CPU devices (set before jax is imported) and a persistent compile cache."""
+
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+_CACHE = os.environ.get("METAREC_TEST_COMPILE_CACHE", os.path.join(tempfile.gettempdir(), "metarec-jax-test-cache"))
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir():
+  """The real-data folder from $METAREC_DATA_DIR: skip when unset, fail loudly when set but missing."""
+  path = os.environ.get("METAREC_DATA_DIR")
+  if not path:
+    pytest.skip("METAREC_DATA_DIR is not set; real-data tests skipped")
+  if not os.path.isdir(path):
+    pytest.fail(f"METAREC_DATA_DIR={path!r} is set but is not a directory")
+  return path
+
+
+def run_binary(module: str, *args: str, timeout: int = 600):
+  """Runs `python -m module args...` from the repo root; returns the CompletedProcess."""
+  import subprocess
+  env = dict(os.environ)
+  env["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=timeout)

@@ -1,0 +1,147 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+from jax.test_util import check_grads
+
+from helpers import episode_batch, task, tiny_setup, to_f64
+from metarec_jax.learners import adapt_mask, create_learner, masked_mse
+from metarec_jax.learners.base import Episode
+from metarec_jax.train import create_train_state, make_train_step
+
+
+@pytest.fixture(scope="module")
+def setup():
+  return tiny_setup()
+
+
+def _learner(model, **kw):
+  opts = dict(inner_lr=0.05, inner_steps=2, adapt="head")
+  opts.update(kw)
+  return create_learner(kw.pop("name", "maml"), model, **{k: v for k, v in opts.items() if k != "name"})
+
+
+@pytest.mark.parametrize("adapt", ["head", "all"])
+def test_second_order_meta_gradient_matches_finite_differences(adapt):
+  # A linear head (no hidden layer) keeps the meta-loss smooth for finite differences.
+  _, scen, model, ctx, tables = tiny_setup(hidden=(), embed_dim=2, n_users=40, n_items=60)
+  with jax.enable_x64(True):
+    learner = create_learner("maml", model, inner_lr=0.3, inner_steps=2, adapt=adapt)
+    ep = to_f64(episode_batch(tables, scen.train, 3))
+    params = to_f64(learner.init(jax.random.key(0), ep, ctx))
+    f = jax.jit(lambda p: learner.meta_loss(p, ep, None)[0])
+    check_grads(f, (params,), order=2, modes=["rev"], atol=1e-5, rtol=1e-5)
+
+
+def test_first_order_differs_from_second_order(setup):
+  _, scen, model, ctx, tables = setup
+  ep = episode_batch(tables, scen.train, 4)
+  so = create_learner("maml", model, inner_lr=0.5, inner_steps=2)
+  fo = create_learner("fomaml", model, inner_lr=0.5, inner_steps=2)
+  params = so.init(jax.random.key(0), ep, ctx)
+  g_so = jax.jit(jax.grad(lambda p: so.meta_loss(p, ep, None)[0]))(params)
+  g_fo = jax.jit(jax.grad(lambda p: fo.meta_loss(p, ep, None)[0]))(params)
+  w_so = g_so["model"]["params"]["hidden_0"]["kernel"]
+  w_fo = g_fo["model"]["params"]["hidden_0"]["kernel"]
+  assert not np.allclose(w_so, w_fo, atol=1e-7)
+  # Embeddings do not adapt under "head", so their meta-gradient ignores the inner Hessian
+  # only through the head; both must still be finite and non-zero.
+  assert np.isfinite(np.asarray(w_fo)).all() and np.abs(np.asarray(w_fo)).sum() > 0
+
+
+@pytest.mark.parametrize("adapt", ["head", "all"])
+def test_vmap_equals_python_loop(setup, adapt):
+  _, scen, model, ctx, tables = setup
+  learner = create_learner("maml", model, inner_lr=0.1, inner_steps=2, adapt=adapt)
+  ep = episode_batch(tables, scen.train, 5)
+  params = learner.init(jax.random.key(1), ep, ctx)
+  vg = jax.jit(jax.value_and_grad(lambda p, e: learner.meta_loss(p, e, None)[0]))
+  batched, g_batched = vg(params, ep)
+  per_task = [vg(params, jax.tree.map(lambda a: a[t:t + 1], ep)) for t in range(5)]
+  np.testing.assert_allclose(batched, np.mean([l for l, _ in per_task]), rtol=1e-5)
+  g_loop = jax.tree.map(lambda *gs: sum(gs) / 5, *[g for _, g in per_task])
+  chex.assert_trees_all_close(g_batched, g_loop, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("adapt", ["head", "all"])
+def test_one_inner_step_lowers_support_loss(setup, adapt):
+  _, scen, model, ctx, tables = setup
+  learner = create_learner("maml", model, inner_lr=0.05, inner_steps=1, adapt=adapt)
+  ep = episode_batch(tables, scen.train, 6)
+  params = learner.init(jax.random.key(2), ep, ctx)
+  for t in range(6):
+    s = task(ep, t).support
+    before = masked_mse(learner.predict(params, learner.adapt(params, s._replace(mask=s.mask & False)), s.x), s.y, s.mask)
+    after = masked_mse(learner.predict(params, learner.adapt(params, s), s.x), s.y, s.mask)
+    assert float(after) < float(before)
+
+
+def test_adapting_gathered_rows_equals_adapting_whole_tables(setup):
+  """adapt="all" gathers the task's embedding rows; the result must equal plain SGD on all params."""
+  _, scen, model, ctx, tables = setup
+  lr, steps = 0.2, 3
+  learner = create_learner("maml", model, inner_lr=lr, inner_steps=steps, adapt="all")
+  ep = episode_batch(tables, scen.train, 3)
+  params = learner.init(jax.random.key(3), ep, ctx)
+  assert model.fields[-1].vocab_size > ep.support.x["item/id"].shape[1]  # item/id is gathered
+  for t in range(3):
+    e = task(ep, t)
+    ours = learner.predict(params, learner.adapt(params, e.support), e.query.x)
+    p = params["model"]
+    for _ in range(steps):
+      g = jax.grad(lambda q: masked_mse(model.apply(q, e.support.x), e.support.y, e.support.mask))(p)
+      p = jax.tree.map(lambda a, b: a - lr * b, p, g)
+    ref = model.apply(p, e.query.x)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_head_mask_leaves_embeddings_alone(setup):
+  _, scen, model, ctx, tables = setup
+  learner = create_learner("maml", model)
+  params = learner.init(jax.random.key(0), episode_batch(tables, scen.train, 1), ctx)
+  mask = traverse_util.flatten_dict(adapt_mask(params["model"], "head"))
+  assert all(not v for k, v in mask.items() if "embed" in k)
+  assert all(v for k, v in mask.items() if "embed" not in k)
+  with pytest.raises(ValueError, match="Unsupported adapt mode: 'x'; choose one of head, all"):
+    adapt_mask(params["model"], "x")
+
+
+def test_padding_does_not_change_adaptation(setup):
+  _, scen, model, ctx, tables = setup
+  learner = create_learner("maml", model, inner_lr=0.1, inner_steps=2)
+  ep = episode_batch(tables, scen.train, 2)
+  params = learner.init(jax.random.key(0), ep, ctx)
+  e = task(ep, 0)
+  assert not bool(e.support.mask.all())
+  noisy = e.support._replace(y=jnp.where(e.support.mask, e.support.y, 100.0))
+  a = learner.predict(params, learner.adapt(params, e.support), e.query.x)
+  b = learner.predict(params, learner.adapt(params, noisy), e.query.x)
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_train_step_compiles_once_and_reduces_loss(setup):
+  _, scen, model, ctx, tables = setup
+  learner = create_learner("maml", model, inner_lr=0.1, inner_steps=1)
+  traces = []
+  counted = learner.__class__(**{**learner.__dict__, "meta_loss": lambda *a: (traces.append(1), learner.meta_loss(*a))[1]})
+  data = {"episodes": {k: jnp.asarray(v) for k, v in scen.train.arrays().items()}, "tables": tables}
+  params = learner.init(jax.random.key(0), episode_batch(tables, scen.train, 1), ctx)
+  state = create_train_state(jax.random.key(1), jax.tree.map(jnp.copy, params), optax.adam(1e-2))
+  step = make_train_step(counted, id_dropout=0.1, redraw=True)
+  idx = jnp.arange(8)
+  first = None
+  for i in range(30):
+    state, aux = step(state, data, (idx + i) % len(scen.train))
+    first = first if first is not None else float(aux["loss"])
+  assert len(traces) == 1
+  assert int(state.step) == 30
+  fixed = episode_batch(tables, scen.train, len(scen.train))
+  assert float(learner.meta_loss(state.params, fixed, None)[0]) < float(learner.meta_loss(params, fixed, None)[0])
+
+
+def test_unknown_learner_lists_choices():
+  with pytest.raises(ValueError, match=r"Unsupported learner: 'nope'; choose one of maml, fomaml"):
+    create_learner("nope")

@@ -1,0 +1,68 @@
+"""End-to-end runs of `python -m experiments.train`."""
+
+import json
+import os
+
+import pytest
+
+from conftest import run_binary
+from metarec_jax.data.tasks import SCENARIOS
+
+TINY = ["--dataset=synthetic", "--synthetic_users=120", "--synthetic_items=150", "--epochs=2",
+        "--meta_batch_size=8", "--hidden=16", "--embed_dim=8"]
+
+
+def _check_outputs(workdir, learner, baselines, epochs):
+  config = json.load(open(os.path.join(workdir, "config.json")))
+  assert config["learner"] == learner and config["epochs"] == epochs
+  for key in ("inner_lr", "inner_steps", "outer_lr", "meta_batch_size", "adapt", "first_order", "seed"):
+    assert key in config
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  mine = [l for l in lines if l["learner"] == learner]
+  assert [l["epoch"] for l in mine] == list(range(1, len(mine) + 1)) and 1 <= len(mine) <= epochs
+  for key in ("train/loss", "val/mae", "val/rmse", "val/ndcg@3", "time/epoch_s", "step"):
+    assert key in mine[0]
+  final = json.load(open(os.path.join(workdir, "final_metrics.json")))
+  assert set(final["results"]) == {learner, *baselines}
+  for name, res in final["results"].items():
+    assert set(res) == set(SCENARIOS)
+    for scenario, m in res.items():
+      assert m["n_tasks"] == final["dataset"]["n_test_tasks"][scenario]
+      if m["n_tasks"]:
+        for key in ("mae", "rmse", "mae_pooled", "rmse_pooled", "ndcg@1", "ndcg@3", "ndcg@5",
+                    "accuracy", "precision", "recall"):
+          assert m[key] is not None and m[key] >= 0, (name, scenario, key)
+  assert final["timing"]["total_s"] > 0
+  return final
+
+
+def test_binary_tiny_synthetic_writes_promised_json(tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = run_binary("experiments.train", *TINY, f"--workdir={workdir}",
+                    "--baselines=global_mean,item_mean,support_mean,pooled,finetune")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  final = _check_outputs(workdir, "maml", ["global_mean", "item_mean", "support_mean", "pooled", "finetune"], 2)
+  assert set(final["adaptation"]) == set(SCENARIOS)
+  assert final["training"]["finetune"]["selected_inner_steps"] in (1, 5)
+
+
+def test_binary_stops_on_non_finite_loss(tmp_path):
+  proc = run_binary("experiments.train", *TINY, "--outer_lr=1e30", "--baselines=", f"--workdir={tmp_path}")
+  assert proc.returncode == 2
+  assert "non-finite training loss at step" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_binary_rejects_bad_flags(tmp_path):
+  proc = run_binary("experiments.train", *TINY, "--inner_lr=-1", f"--workdir={tmp_path}")
+  assert proc.returncode == 2 and "inner_lr must be >= 0" in proc.stderr
+
+
+def test_binary_ml100k_one_epoch(tmp_path, shared_data_dir):
+  workdir = str(tmp_path / "ml100k")
+  proc = run_binary("experiments.train", "--dataset=ml-100k", f"--data_dir={shared_data_dir}", "--epochs=1",
+                    "--baselines=item_mean,support_mean", f"--workdir={workdir}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  final = _check_outputs(workdir, "maml", ["item_mean", "support_mean"], 1)
+  assert final["dataset"]["n_ratings"] == 100000
+  assert all(final["dataset"]["n_test_tasks"][s] > 20 for s in SCENARIOS)
