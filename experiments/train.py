@@ -30,13 +30,16 @@ flags.DEFINE_float("outer_lr", _D.outer_lr, "Outer Adam learning rate.")
 flags.DEFINE_integer("meta_batch_size", _D.meta_batch_size, "Tasks per meta-update.")
 flags.DEFINE_integer("epochs", _D.epochs, "Maximum meta-training epochs.")
 flags.DEFINE_integer("patience", _D.patience, "Early stopping: epochs without a better validation MAE.")
-flags.DEFINE_enum("adapt", _D.adapt, list(ADAPT_MODES), "Which parameters adapt: head (MeLU local update) or all.")
+flags.DEFINE_enum("adapt", _D.adapt, list(ADAPT_MODES), "Which parameters adapt: head (MeLU local update), last (output layer) or all.")
 flags.DEFINE_bool("first_order", _D.first_order, "First-order MAML (stop_gradient on the inner gradients).")
 flags.DEFINE_integer("seed", _D.seed, "Random seed (splits, episodes, initialisation).")
 flags.DEFINE_integer("embed_dim", _D.embed_dim, "Embedding size per feature field.")
 flags.DEFINE_list("hidden", [str(h) for h in _D.hidden], "MLP hidden widths.")
 flags.DEFINE_bool("item_id_feature", _D.item_id_feature, "Add an item-id embedding (unknown id for new items).")
+flags.DEFINE_bool("linear", _D.linear, "Add a per-id scalar bias of every field to the MLP output.")
 flags.DEFINE_float("id_dropout", _D.id_dropout, "Probability of hiding an item id during meta-training.")
+flags.DEFINE_enum("init", _D.init, ["pooled", "scratch"],
+                  "Start meta-training from the pooled network (trained first) or from a random init.")
 flags.DEFINE_bool("redraw", _D.redraw, "Re-draw each training task's support/query split at every step.")
 flags.DEFINE_float("weight_decay", _D.weight_decay, "Decoupled weight decay of the outer optimiser (AdamW).")
 flags.DEFINE_integer("query_size", _D.query_size, "Query ratings per task.")
@@ -56,8 +59,8 @@ def config_from_flags() -> Config:
       inner_steps=FLAGS.inner_steps, inner_lr=FLAGS.inner_lr, outer_lr=FLAGS.outer_lr,
       meta_batch_size=FLAGS.meta_batch_size, epochs=FLAGS.epochs, patience=FLAGS.patience, adapt=FLAGS.adapt,
       first_order=FLAGS.first_order, seed=FLAGS.seed, embed_dim=FLAGS.embed_dim,
-      hidden=tuple(int(h) for h in FLAGS.hidden), item_id_feature=FLAGS.item_id_feature,
-      id_dropout=FLAGS.id_dropout, redraw=FLAGS.redraw, weight_decay=FLAGS.weight_decay, query_size=FLAGS.query_size, min_ratings=FLAGS.min_ratings,
+      hidden=tuple(int(h) for h in FLAGS.hidden), item_id_feature=FLAGS.item_id_feature, linear=FLAGS.linear,
+      id_dropout=FLAGS.id_dropout, redraw=FLAGS.redraw, init=FLAGS.init, weight_decay=FLAGS.weight_decay, query_size=FLAGS.query_size, min_ratings=FLAGS.min_ratings,
       max_ratings=FLAGS.max_ratings, max_support=FLAGS.max_support, val_user_frac=FLAGS.val_user_frac,
       baselines=tuple(b for b in FLAGS.baselines if b))
 

@@ -67,13 +67,21 @@ def threshold_metrics(pred, y, mask, threshold: float) -> dict[str, jnp.ndarray]
   return {"accuracy": acc, "precision": precision, "recall": recall, "f1": f1}
 
 
-def rating_metrics(pred, y, mask, *, ks=(1, 3, 5), threshold: float = 4.0) -> dict[str, jnp.ndarray]:
-  """Every explicit-rating metric for [task, query] predictions."""
+def rating_metrics(pred, y, mask, *, ks=(1, 3, 5), threshold: float = 4.0,
+                   scale: tuple[float, float] | None = None) -> dict[str, jnp.ndarray]:
+  """Every explicit-rating metric for [task, query] predictions.
+
+  With `scale=(lo, hi)`, error and threshold metrics use predictions clipped to the rating
+  scale; rankings (nDCG) always use the raw scores, so clipping creates no ties.
+  """
+  scores = pred
+  if scale is not None:
+    pred = jnp.clip(pred, scale[0], scale[1])
   out = {
       "mae": mae(pred, y, mask), "rmse": rmse(pred, y, mask),
       "mae_pooled": mae(pred, y, mask, pooled=True), "rmse_pooled": rmse(pred, y, mask, pooled=True),
   }
   for k in ks:
-    out[f"ndcg@{k}"] = ndcg(pred, y, mask, k)
+    out[f"ndcg@{k}"] = ndcg(scores, y, mask, k)
   out.update(threshold_metrics(pred, y, mask, threshold))
   return out

@@ -79,9 +79,10 @@ def test_one_inner_step_lowers_support_loss(setup, adapt):
     assert float(after) < float(before)
 
 
-def test_adapting_gathered_rows_equals_adapting_whole_tables(setup):
+@pytest.mark.parametrize("linear", [False, True])
+def test_adapting_gathered_rows_equals_adapting_whole_tables(linear):
   """adapt="all" gathers the task's embedding rows; the result must equal plain SGD on all params."""
-  _, scen, model, ctx, tables = setup
+  _, scen, model, ctx, tables = tiny_setup(linear=linear)
   lr, steps = 0.2, 3
   learner = create_learner("maml", model, inner_lr=lr, inner_steps=steps, adapt="all")
   ep = episode_batch(tables, scen.train, 3)
@@ -105,7 +106,9 @@ def test_head_mask_leaves_embeddings_alone(setup):
   mask = traverse_util.flatten_dict(adapt_mask(params["model"], "head"))
   assert all(not v for k, v in mask.items() if "embed" in k)
   assert all(v for k, v in mask.items() if "embed" not in k)
-  with pytest.raises(ValueError, match="Unsupported adapt mode: 'x'; choose one of head, all"):
+  last = traverse_util.flatten_dict(adapt_mask(params["model"], "last"))
+  assert {k for k, v in last.items() if v} == {("params", "out", "kernel"), ("params", "out", "bias")}
+  with pytest.raises(ValueError, match="Unsupported adapt mode: 'x'; choose one of head, last, all"):
     adapt_mask(params["model"], "x")
 
 

@@ -77,3 +77,15 @@ def test_threshold_metrics_nothing_predicted():
   m = metrics.threshold_metrics(jnp.array([[1.0, 1.0]]), jnp.array([[5.0, 1.0]]), jnp.ones((1, 2), bool), 4.0)
   assert float(m["precision"]) == 0.0 and float(m["recall"]) == 0.0
   assert float(m["accuracy"]) == pytest.approx(0.5)
+
+
+def test_rating_metrics_clip_errors_but_rank_raw_scores():
+  pred = jnp.array([[6.0, 5.5, 0.0]])
+  y = jnp.array([[5.0, 4.0, 1.0]])
+  mask = jnp.ones((1, 3), bool)
+  m = metrics.rating_metrics(pred, y, mask, ks=(2,), scale=(1.0, 5.0))
+  assert float(m["mae"]) == pytest.approx((0 + 1 + 0) / 3)
+  # Raw scores rank item 0 above item 1 (clipped they would tie at 5): a perfect ranking.
+  assert float(m["ndcg@2"]) == pytest.approx(1.0)
+  raw = metrics.rating_metrics(pred, y, mask, ks=(2,))
+  assert float(raw["mae"]) == pytest.approx((1 + 1.5 + 1) / 3)

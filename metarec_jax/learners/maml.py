@@ -21,15 +21,21 @@ from metarec_jax.data.schema import FieldSpec
 from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, concat_batches, masked_mse
 from metarec_jax.models.content import EMBED_SCOPE, param_name
 
-ADAPT_MODES = ("head", "all")
+ADAPT_MODES = ("head", "last", "all")
+OUTPUT_SCOPE = "out"
 
 
 def adapt_mask(params: Any, mode: str) -> Any:
-  """Boolean pytree over `params`: True where the leaf adapts per task."""
+  """Boolean pytree over `params`: True where the leaf adapts per task.
+
+  "head": every decision layer (not the embeddings; MeLU's local update).
+  "last": the output layer only. "all": every parameter.
+  """
   if mode not in ADAPT_MODES:
     raise ValueError(f"Unsupported adapt mode: {mode!r}; choose one of {', '.join(ADAPT_MODES)}")
   flat = traverse_util.flatten_dict(params)
-  return traverse_util.unflatten_dict({p: (mode == "all" or EMBED_SCOPE not in p) for p in flat})
+  rule = {"all": lambda p: True, "head": lambda p: EMBED_SCOPE not in p, "last": lambda p: OUTPUT_SCOPE in p}[mode]
+  return traverse_util.unflatten_dict({p: rule(p) for p in flat})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,43 +28,69 @@ def embed_field(table: jnp.ndarray, spec: FieldSpec, ids: jnp.ndarray) -> jnp.nd
   return rows.sum(-2) / jnp.maximum(valid.sum(-1, keepdims=True), 1)
 
 
+def _table_init(linear: bool):
+  normal = nn.initializers.normal(stddev=0.1)
+
+  def init(key, shape, dtype=jnp.float32):
+    table = normal(key, shape, dtype)
+    return table.at[:, -1].set(0.0) if linear else table
+
+  return init
+
+
 class Embeddings(nn.Module):
+  """One table per field. With `linear`, each table has one extra column: a scalar bias per id.
+
+  Returns the concatenated embeddings [..., fields * dim] and the summed biases [...]
+  (zeros without `linear`). Keeping the bias inside the field's table means a task that
+  adapts embeddings adapts the biases of the same gathered rows.
+  """
+
   fields: tuple[FieldSpec, ...]
   dim: int
+  linear: bool = False
 
   @nn.compact
-  def __call__(self, x: dict[str, jnp.ndarray]) -> jnp.ndarray:
-    init = nn.initializers.normal(stddev=0.1)
-    out = []
+  def __call__(self, x: dict[str, jnp.ndarray]) -> tuple[jnp.ndarray, jnp.ndarray]:
+    width = self.dim + int(self.linear)
+    vecs, bias = [], 0.0
     for spec in self.fields:
-      table = self.param(param_name(spec), init, (spec.vocab_size, self.dim))
-      out.append(embed_field(table, spec, x[spec.name]))
-    return jnp.concatenate(out, axis=-1)
+      table = self.param(param_name(spec), _table_init(self.linear), (spec.vocab_size, width))
+      e = embed_field(table, spec, x[spec.name])
+      vecs.append(e[..., : self.dim])
+      if self.linear:
+        bias = bias + e[..., self.dim]
+    h = jnp.concatenate(vecs, axis=-1)
+    return h, jnp.broadcast_to(jnp.asarray(bias, h.dtype), h.shape[:-1])
 
 
 class ContentModel(nn.Module):
   """Predicts a rating per (user, item) pair.
 
   x: dict of field name -> [N] (categorical) or [N, k] (multi-hot ids); returns [N].
-  The decision layers ("hidden_*", "out") are MeLU's locally updated layers.
+  The decision layers ("hidden_*", "out") are MeLU's locally updated layers. With
+  `linear`, a per-id scalar bias of every field is added to the MLP output (a "wide" part:
+  item and feature biases need not be squeezed through the MLP).
   """
 
   fields: tuple[FieldSpec, ...]
   embed_dim: int = 32
   hidden: Sequence[int] = (64, 64)
   output_bias: float = 0.0
+  linear: bool = False
 
   @nn.compact
   def __call__(self, x: dict[str, jnp.ndarray]) -> jnp.ndarray:
-    h = Embeddings(self.fields, self.embed_dim, name=EMBED_SCOPE)(x)
+    h, bias = Embeddings(self.fields, self.embed_dim, self.linear, name=EMBED_SCOPE)(x)
     for i, width in enumerate(self.hidden):
       h = nn.relu(nn.Dense(width, name=f"hidden_{i}")(h))
     out = nn.Dense(1, name="out", bias_init=nn.initializers.constant(self.output_bias))(h)
-    return out[..., 0]
+    return out[..., 0] + bias
 
 
 def create_model(name: str, *, fields: tuple[FieldSpec, ...], embed_dim: int = 32,
-                 hidden: Sequence[int] = (64, 64), output_bias: float = 0.0) -> nn.Module:
+                 hidden: Sequence[int] = (64, 64), output_bias: float = 0.0, linear: bool = False) -> nn.Module:
   if name == "content":
-    return ContentModel(fields=tuple(fields), embed_dim=embed_dim, hidden=tuple(hidden), output_bias=output_bias)
+    return ContentModel(fields=tuple(fields), embed_dim=embed_dim, hidden=tuple(hidden), output_bias=output_bias,
+                        linear=linear)
   raise ValueError(f"Unsupported model: {name!r}; choose one of {', '.join(MODELS)}")
