@@ -23,9 +23,13 @@ from metarec_jax.learners import FitContext, Learner, create_learner
 from metarec_jax.learners.base import Batch, Episode
 from metarec_jax.models import create_model
 
-BASELINES = ("global_mean", "item_mean", "support_mean", "pooled", "finetune")
-# Fine-tuning grid for the `finetune` baseline, chosen on validation users.
-FINETUNE_GRID = tuple((lr, steps) for lr in (0.003, 0.01, 0.03, 0.1, 0.3) for steps in (1, 5))
+BASELINES = ("global_mean", "item_mean", "support_mean", "pooled", "finetune", "bias_foldin", "als_foldin")
+# Hyperparameter grids of the baselines, chosen on the validation users.
+SELECTION_GRIDS = {
+    "finetune": tuple({"inner_lr": lr, "inner_steps": steps} for lr in (0.003, 0.01, 0.03, 0.1, 0.3) for steps in (1, 5)),
+    "bias_foldin": tuple({"reg_user": ru, "reg_item": ri} for ru in (1.0, 3.0, 10.0) for ri in (3.0, 10.0, 30.0)),
+    "als_foldin": tuple({"rank": k, "reg": r} for k in (8, 24) for r in (3.0, 10.0, 30.0)),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,7 +278,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   model = create_model(config.model, fields=fields, embed_dim=config.embed_dim, hidden=config.hidden,
                        output_bias=global_mean, linear=config.linear)
   ctx = FitContext(model=model, fields=fields, n_items=ds.n_items, train_users=ctx_ratings[0],
-                   train_items=ctx_ratings[1], train_ratings=ctx_ratings[2])
+                   train_items=ctx_ratings[1], train_ratings=ctx_ratings[2], tables=tables)
   data = {"episodes": {k: jnp.asarray(v) for k, v in scen.train.arrays().items()},
           "tables": {k: jnp.asarray(v) for k, v in tables.items()}}
   example = featurize_episodes(data["tables"], jax.tree.map(lambda a: a[:1], data["episodes"]))
@@ -337,17 +341,22 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       _, results[name] = evaluate_all(b, b.init(init_rng, example, ctx))
     elif name == "pooled":
       _, results[name] = evaluate_all(make("pooled"), pooled_params())
-    else:  # finetune: the pooled network plus SGD on the support, lr and steps chosen on validation.
+    else:  # chosen on validation: finetune (pooled network + SGD on the support) and the fold-ins
       best = None
-      for lr, steps in FINETUNE_GRID:
-        cand = make("finetune", inner_lr=lr, inner_steps=steps)
+      for options in SELECTION_GRIDS[name]:
+        if name == "finetune":
+          cand = make("finetune", **options)
+          cand_params = pooled_params()
+        else:
+          cand = create_learner(name, model, seed=config.seed, **options)
+          cand_params = cand.init(init_rng, example, ctx)
         fn = make_predict_fn(cand)
-        val_mae = score(predict_episodes(fn, pooled_params(), data["tables"], scen.val, config.eval_chunk),
+        val_mae = score(predict_episodes(fn, cand_params, data["tables"], scen.val, config.eval_chunk),
                         scen.val)["mae"]
         if best is None or val_mae < best[0]:
-          best = (val_mae, lr, steps, cand, fn)
-      training["finetune"] = {"selected_inner_lr": best[1], "selected_inner_steps": best[2], "val_mae": best[0]}
-      _, results[name] = evaluate_all(best[3], pooled_params(), predict_fn=best[4])
+          best = (val_mae, options, cand, cand_params, fn)
+      training[name] = {"selected": best[1], "val_mae": best[0]}
+      _, results[name] = evaluate_all(best[2], best[3], predict_fn=best[4])
     timing[name] = time.perf_counter() - t0
 
   timing["total_s"] = time.perf_counter() - t_start

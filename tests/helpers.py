@@ -20,7 +20,7 @@ def tiny_setup(*, n_users=80, n_items=120, hidden=(8,), embed_dim=4, max_ratings
   fields, tables = feature_tables(ds, known_items=known, item_id=True)
   model = create_model("content", fields=fields, embed_dim=embed_dim, hidden=hidden, output_bias=3.5, linear=linear)
   ctx = FitContext(model=model, fields=fields, n_items=ds.n_items, train_users=scen.train_ratings[0],
-                   train_items=scen.train_ratings[1], train_ratings=scen.train_ratings[2])
+                   train_items=scen.train_ratings[1], train_ratings=scen.train_ratings[2], tables=tables)
   tables = {k: jnp.asarray(v) for k, v in tables.items()}
   return ds, scen, model, ctx, tables
 

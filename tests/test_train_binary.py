@@ -43,7 +43,7 @@ def test_binary_tiny_synthetic_writes_promised_json(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   final = _check_outputs(workdir, "maml", ["global_mean", "item_mean", "support_mean", "pooled", "finetune"], 2)
   assert set(final["adaptation"]) == set(SCENARIOS)
-  assert final["training"]["finetune"]["selected_inner_steps"] in (1, 5)
+  assert final["training"]["finetune"]["selected"]["inner_steps"] in (1, 5)
 
 
 def test_binary_stops_on_non_finite_loss(tmp_path):

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, masked_mse
 from metarec_jax.learners.baselines import TRIVIAL, make_trivial
+from metarec_jax.learners.foldin import FOLDIN, make_foldin
 from metarec_jax.learners.maml import ADAPT_MODES, adapt_mask, make_gradient_learner
 
-LEARNERS = ("maml", "fomaml") + TRIVIAL + ("pooled", "finetune")
+LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile") + TRIVIAL + FOLDIN + ("pooled", "finetune")
 
 
 def create_learner(name: str, model=None, *, inner_lr: float = 0.1, inner_steps: int = 1,
-                   adapt: str = "head", first_order: bool = False) -> Learner:
-  """Builds a learner by name. Gradient learners need `model`."""
+                   adapt: str = "head", first_order: bool = False, **options) -> Learner:
+  """Builds a learner by name. Gradient learners need `model`; fold-in baselines take their
+  regularisation and rank as keyword `options`."""
   if name in TRIVIAL:
     return make_trivial(name)
-  if name in ("maml", "fomaml"):
+  if name in FOLDIN:
+    return make_foldin(name, **options)
+  if name in ("maml", "fomaml", "metasgd", "anil"):
+    # anil: MeLU's local update, the decision layers only (--adapt=last adapts the output layer only).
     return make_gradient_learner(model, name=name, objective="maml", inner_lr=inner_lr,
-                                 inner_steps=inner_steps, adapt=adapt,
-                                 first_order=first_order or name == "fomaml")
+                                 inner_steps=inner_steps, adapt="head" if name == "anil" else adapt,
+                                 first_order=first_order or name == "fomaml", learn_inner_lr=name == "metasgd")
+  if name == "reptile":
+    return make_gradient_learner(model, name=name, objective="reptile", inner_lr=inner_lr,
+                                 inner_steps=inner_steps, adapt=adapt)
   if name == "pooled":
     return make_gradient_learner(model, name=name, objective="pooled", inner_lr=0.0, inner_steps=0, adapt=adapt)
   if name == "finetune":

@@ -45,6 +45,7 @@ class FitContext:
   train_users: np.ndarray  # [R] ratings seen in meta-training
   train_items: np.ndarray
   train_ratings: np.ndarray
+  tables: dict[str, np.ndarray] | None = None  # feature tables (host), for closed-form learners
 
   @property
   def global_mean(self) -> float:

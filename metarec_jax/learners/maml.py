@@ -69,12 +69,22 @@ def _local_ids(uniq, ids):
   return jnp.where(ids >= 0, jnp.searchsorted(uniq, ids), -1).astype(jnp.int32)
 
 
+OBJECTIVES = ("maml", "reptile", "pooled")
+
+
 def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, inner_steps: int,
-                          first_order: bool = False, adapt: str = "head") -> Learner:
-  """objective "maml": meta-train through the inner loop. "pooled": train on all ratings
-  without adaptation (inner steps then only apply at evaluation, i.e. fine-tuning)."""
-  if objective not in ("maml", "pooled"):
-    raise ValueError(f"objective must be 'maml' or 'pooled', got {objective!r}")
+                          first_order: bool = False, adapt: str = "head", learn_inner_lr: bool = False) -> Learner:
+  """Gradient-based learners sharing one inner loop.
+
+  objective "maml": the query loss after adaptation, differentiated through the inner loop
+  (second order unless `first_order`). "reptile": the inner loop runs on the whole task and
+  the meta-gradient is (theta - theta_adapted), so Adam steps towards the adapted weights.
+  "pooled": all ratings without adaptation (inner steps then apply at evaluation only, which
+  is fine-tuning). `learn_inner_lr` (Meta-SGD) meta-learns one inner learning rate per
+  adapted parameter entry, initialised at `inner_lr`.
+  """
+  if objective not in OBJECTIVES:
+    raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
   if inner_steps < 0:
     raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
   if inner_lr < 0:
@@ -84,7 +94,11 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
 
   def init(rng, example: Episode, ctx: FitContext):
     x = jax.tree.map(lambda a: a[0], example.support.x)
-    return {"model": model.init(rng, x)}
+    meta = {"model": model.init(rng, x)}
+    if learn_inner_lr:
+      _, fast = split(meta["model"])
+      meta["inner_lr"] = traverse_util.unflatten_dict({p: jnp.full(v.shape, inner_lr, v.dtype) for p, v in fast.items()})
+    return meta
 
   def split(params):
     flat = {p: jnp.asarray(v) for p, v in traverse_util.flatten_dict(params).items()}
@@ -94,6 +108,10 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
 
   def adapt_fn(meta, support: Batch):
     flat, fast = split(meta["model"])
+    if learn_inner_lr:
+      lrs = {p: jnp.asarray(v) for p, v in traverse_util.flatten_dict(meta["inner_lr"]).items()}
+    else:
+      lrs = {p: inner_lr for p in fast}
     local = _localized_fields(model, meta["model"], adapt, support.x)
     x = dict(support.x)
     uniq = {}
@@ -102,6 +120,8 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
       u, rows = _gather_rows(flat[loc.path], x[loc.spec.name], loc.spec.vocab_size)
       uniq[loc.spec.name] = u
       fast[loc.path] = rows
+      if learn_inner_lr:
+        lrs[loc.path] = lrs[loc.path][jnp.minimum(u, loc.spec.vocab_size - 1)]
       x[loc.spec.name] = _local_ids(u, x[loc.spec.name])
       fields[fields.index(loc.spec)] = dataclasses.replace(loc.spec, vocab_size=u.shape[0])
     local_model = model.clone(fields=tuple(fields))
@@ -114,7 +134,7 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
       g = jax.grad(support_loss)(f)
       if first_order:
         g = jax.lax.stop_gradient(g)
-      return jax.tree.map(lambda p, d: p - inner_lr * d, f, g), None
+      return {p: f[p] - lrs[p] * g[p] for p in f}, None
 
     if inner_steps:
       fast, _ = jax.lax.scan(step, fast, None, length=inner_steps)
@@ -144,6 +164,19 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
     if objective == "pooled":
       both = concat_batches(ep.support, ep.query)
       return masked_mse(model.apply(meta["model"], both.x), both.y, both.mask)
+    if objective == "reptile":
+      both = concat_batches(ep.support, ep.query)
+      state = jax.lax.stop_gradient(adapt_fn(meta, both))
+      # Gradient of 0.5 * ||theta - theta'||^2 is theta - theta' (the Reptile direction);
+      # gathered embedding rows are compared row by row, so untouched rows get zero.
+      flat, fast = split(meta["model"])
+      for spec_name, u in state["uniq"].items():
+        spec = next(f for f in model.fields if f.name == spec_name)
+        path = ("params", EMBED_SCOPE, param_name(spec))
+        fast[path] = flat[path][jnp.minimum(u, spec.vocab_size - 1)]
+      dist = sum(0.5 * jnp.sum((fast[p] - state["fast"][p]) ** 2) for p in fast)
+      query_mse = masked_mse(predict(meta, state, ep.query.x), ep.query.y, ep.query.mask)
+      return dist + jax.lax.stop_gradient(query_mse - dist)  # value: query MSE; gradient: Reptile's
     state = adapt_fn(meta, ep.support)
     return masked_mse(predict(meta, state, ep.query.x), ep.query.y, ep.query.mask)
 
@@ -153,5 +186,5 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
     loss = losses.mean()
     return loss, {"loss": loss}
 
-  family = "optimisation" if objective == "maml" else "baseline"
+  family = "baseline" if objective == "pooled" else "optimisation"
   return Learner(name=name, family=family, init=init, adapt=adapt_fn, predict=predict, meta_loss=meta_loss)
