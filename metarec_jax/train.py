@@ -67,6 +67,7 @@ class Config:
   baselines: tuple[str, ...] = BASELINES
   eval_chunk: int = 128
   ndcg_ks: tuple[int, ...] = (1, 3, 5)
+  few_shot_ks: tuple[int, ...] = ()  # user-cold support capped at each k at evaluation
 
   def task_config(self) -> TaskConfig:
     return TaskConfig(query_size=self.query_size, min_ratings=self.min_ratings, max_ratings=self.max_ratings,
@@ -290,10 +291,18 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     opts.update(kw)
     return create_learner(name, model, **opts)
 
-  def evaluate_all(learner, params, *, predict_fn=None):
+  few_shot = {}
+
+  def evaluate_all(learner, params, *, predict_fn=None, few_shot_curve=True):
     predict_fn = predict_fn or make_predict_fn(learner)
     preds = {s: predict_episodes(predict_fn, params, data["tables"], scen.test[s], config.eval_chunk)
              for s in SCENARIOS}
+    if config.few_shot_ks and few_shot_curve:
+      few_shot[learner.name] = {}
+      for k in config.few_shot_ks:
+        capped = scen.test["user_cold"].cap_support(k)
+        few_shot[learner.name][str(k)] = score(
+            predict_episodes(predict_fn, params, data["tables"], capped, config.eval_chunk), capped, config.ndcg_ks)
     return preds, {s: score(preds[s], scen.test[s], config.ndcg_ks) for s in SCENARIOS}
 
   results, training, timing = {}, {}, {"data_s": t_data}
@@ -317,7 +326,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   predict_fn = make_predict_fn(learner)
   if learner.meta_loss is not None:
     if learner.family == "optimisation" and config.init == "pooled":
-      params = jax.tree.map(jnp.copy, pooled_params())
+      params = {**params, "model": jax.tree.map(jnp.copy, pooled_params()["model"])}
       t0 = time.perf_counter()
     params, training[learner.name] = fit(learner, params, data, scen, config, log=log, predict_fn=predict_fn)
   preds, results[learner.name] = evaluate_all(learner, params, predict_fn=predict_fn)
@@ -325,7 +334,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   adaptation = {}
   if learner.family == "optimisation" and config.inner_steps > 0:
     frozen = make(config.learner, inner_steps=0)
-    preds0, res0 = evaluate_all(frozen, params)
+    preds0, res0 = evaluate_all(frozen, params, few_shot_curve=False)
     for s in SCENARIOS:
       m = scen.test[s].query_mask
       delta = float(np.abs(preds[s] - preds0[s])[m].mean()) if m.any() else None
@@ -368,6 +377,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       "learner": config.learner,
       "results": results,
       "adaptation": adaptation,
+      "few_shot_user_cold": few_shot,
       "training": {k: {kk: vv for kk, vv in v.items() if kk not in ("train_time_s", "tasks_per_s")}
                    for k, v in training.items()},
       "timing": {**timing, "training": {k: {"train_time_s": v.get("train_time_s"), "tasks_per_s": v.get("tasks_per_s")}

@@ -5,9 +5,10 @@ from __future__ import annotations
 from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, masked_mse
 from metarec_jax.learners.baselines import TRIVIAL, make_trivial
 from metarec_jax.learners.foldin import FOLDIN, make_foldin
+from metarec_jax.learners.set_models import SET_LEARNERS, make_set_learner
 from metarec_jax.learners.maml import ADAPT_MODES, adapt_mask, make_gradient_learner
 
-LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile") + TRIVIAL + FOLDIN + ("pooled", "finetune")
+LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile") + SET_LEARNERS + TRIVIAL + FOLDIN + ("pooled", "finetune")
 
 
 def create_learner(name: str, model=None, *, inner_lr: float = 0.1, inner_steps: int = 1,
@@ -18,6 +19,8 @@ def create_learner(name: str, model=None, *, inner_lr: float = 0.1, inner_steps:
     return make_trivial(name)
   if name in FOLDIN:
     return make_foldin(name, **options)
+  if name in SET_LEARNERS:
+    return make_set_learner(name, model, **options)
   if name in ("maml", "fomaml", "metasgd", "anil"):
     # anil: MeLU's local update, the decision layers only (--adapt=last adapts the output layer only).
     return make_gradient_learner(model, name=name, objective="maml", inner_lr=inner_lr,

@@ -1,0 +1,141 @@
+"""Learners × scenarios × seeds on one dataset, with baselines, a few-shot curve and timings.
+
+  python -m experiments.compare --dataset=ml-100k --data_dir=../shared/data --out=runs/compare_ml100k
+  python -m experiments.compare --learners=maml,neural_process --seeds=0,1 --epochs=5 --out=runs/quick
+
+For each seed, the baselines run once (with the first learner) and every other learner runs
+without them, all on the same splits. Writes <out>/results.json (every run's final metrics),
+<out>/table.md (mean ± std of MAE, RMSE, nDCG@3 and nDCG@5 per learner and scenario, the
+user-cold few-shot curve, wall time and meta-train tasks/s per learner) and one run folder per
+(learner, seed) with config.json, metrics.jsonl and final_metrics.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+from absl import app, flags, logging
+
+from metarec_jax.data import DATASETS, DataError
+from metarec_jax.data.tasks import SCENARIOS
+from metarec_jax.learners import LEARNERS
+from metarec_jax.train import BASELINES, Config, train_and_evaluate
+from metarec_jax.writers import write_json_atomic
+
+DEFAULT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile", "neural_process", "in_context",
+                    "prototype", "matching")
+FAMILIES = {"maml": "optimisation", "fomaml": "optimisation", "metasgd": "optimisation", "anil": "optimisation",
+            "reptile": "optimisation", "neural_process": "model", "in_context": "model", "prototype": "metric",
+            "matching": "metric"}
+
+_D = Config()
+flags.DEFINE_enum("dataset", "synthetic", list(DATASETS), "Dataset.")
+flags.DEFINE_string("data_dir", None, "Folder holding the dataset folders (default: $METAREC_DATA_DIR).")
+flags.DEFINE_list("learners", list(DEFAULT_LEARNERS), f"Meta-learners to compare (from {', '.join(LEARNERS)}).")
+flags.DEFINE_list("baselines", list(BASELINES), "Baselines, run once per seed.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+flags.DEFINE_integer("epochs", _D.epochs, "Maximum meta-training epochs per learner.")
+flags.DEFINE_integer("patience", _D.patience, "Early-stopping patience (epochs) on validation MAE.")
+flags.DEFINE_list("few_shot_ks", ["1", "3", "5", "10", "20"], "Support sizes of the user-cold few-shot curve.")
+flags.DEFINE_integer("synthetic_users", _D.synthetic_users, "Users of the synthetic generator.")
+flags.DEFINE_integer("synthetic_items", _D.synthetic_items, "Items of the synthetic generator.")
+flags.DEFINE_string("out", "runs/compare", "Output folder.")
+FLAGS = flags.FLAGS
+
+METRICS = ("mae", "rmse", "ndcg@3", "ndcg@5")
+
+
+def mean_std(values):
+  values = [v for v in values if v is not None]
+  return (float(np.mean(values)), float(np.std(values)), len(values)) if values else None
+
+
+def fmt(ms, digits=3):
+  return "–" if ms is None else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
+
+
+def build_table(runs: list[dict], learners: list[str], ks: list[int]) -> tuple[str, dict]:
+  """runs: [{"learner", "seed", "final"}] -> (markdown, summary)."""
+  names = []
+  for r in runs:
+    for n in r["final"]["results"]:
+      if n not in names:
+        names.append(n)
+  summary = {"results": {}, "few_shot": {}, "timing": {}}
+  for n in names:
+    summary["results"][n] = {s: {m: mean_std([r["final"]["results"][n][s].get(m) for r in runs
+                                                if n in r["final"]["results"]]) for m in METRICS}
+                             for s in SCENARIOS}
+    summary["few_shot"][n] = {str(k): mean_std([r["final"]["few_shot_user_cold"].get(n, {}).get(str(k), {}).get("mae")
+                                                for r in runs if n in r["final"]["few_shot_user_cold"]]) for k in ks}
+  for n in learners:
+    mine = [r for r in runs if r["learner"] == n]
+    tr = [r["final"]["timing"]["training"].get(n, {}) for r in mine]
+    summary["timing"][n] = {"wall_s": mean_std([r["wall_s"] for r in mine]),
+                            "tasks_per_s": mean_std([t.get("tasks_per_s") for t in tr])}
+  lines = []
+  for m in METRICS:
+    lines += [f"### {m} (mean ± std over seeds)", "", "| learner | family | " + " | ".join(SCENARIOS) + " |",
+              "|---|---|" + "---|" * len(SCENARIOS)]
+    for n in names:
+      fam = FAMILIES.get(n, "baseline")
+      lines.append(f"| {n} | {fam} | " + " | ".join(fmt(summary["results"][n][s][m]) for s in SCENARIOS) + " |")
+    lines.append("")
+  lines += ["### user-cold MAE against support size k (few-shot curve)", "",
+            "| learner | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+  for n in names:
+    lines.append(f"| {n} | " + " | ".join(fmt(summary["few_shot"][n][str(k)]) for k in ks) + " |")
+  lines += ["", "### time per run (training, evaluation and, for the first learner, the baselines)", "",
+            "| learner | wall time (s) | meta-train tasks/s |", "|---|---|---|"]
+  for n in learners:
+    t = summary["timing"][n]
+    lines.append(f"| {n} | {fmt(t['wall_s'], 1)} | {fmt(t['tasks_per_s'], 0)} |")
+  return "\n".join(lines) + "\n", summary
+
+
+def main(argv):
+  del argv
+  try:
+    seeds = [int(s) for s in FLAGS.seeds]
+    ks = [int(k) for k in FLAGS.few_shot_ks]
+    for n in FLAGS.learners:
+      if n not in LEARNERS:
+        raise ValueError(f"Unsupported learner: {n!r}; choose from {', '.join(LEARNERS)}")
+    t_start = time.perf_counter()
+    runs = []
+    for seed in seeds:
+      for j, name in enumerate(FLAGS.learners):
+        config = Config(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, learner=name, seed=seed,
+                        epochs=FLAGS.epochs, patience=FLAGS.patience,
+                        baselines=tuple(FLAGS.baselines) if j == 0 else (),
+                        few_shot_ks=tuple(ks), synthetic_users=FLAGS.synthetic_users,
+                        synthetic_items=FLAGS.synthetic_items)
+        t0 = time.perf_counter()
+        final = train_and_evaluate(config, os.path.join(FLAGS.out, f"{name}_seed{seed}"))
+        runs.append({"learner": name, "seed": seed, "final": final, "wall_s": time.perf_counter() - t0})
+        logging.info("%s seed %d: user-cold MAE %.4f (%.0fs)", name, seed,
+                     final["results"][name]["user_cold"].get("mae", float("nan")), runs[-1]["wall_s"])
+    md, summary = build_table(runs, FLAGS.learners, ks)
+    total = time.perf_counter() - t_start
+    cmd = "python -m experiments.compare " + " ".join(sys.argv[1:])
+    header = (f"# {FLAGS.dataset}: learners × scenarios × seeds {seeds}\n\nCommand: `{cmd}`\n\n"
+              f"Total wall time: {total:.0f} s\n\n")
+    os.makedirs(FLAGS.out, exist_ok=True)
+    write_json_atomic(os.path.join(FLAGS.out, "results.json"),
+                      {"command": cmd, "total_s": total, "summary": summary, "runs": runs})
+    tmp = os.path.join(FLAGS.out, ".table.md.tmp")
+    with open(tmp, "w") as f:
+      f.write(header + md)
+    os.replace(tmp, os.path.join(FLAGS.out, "table.md"))
+    print(header + md)
+  except (DataError, ValueError, FloatingPointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,241 @@
+"""Model-based and metric-based learners: the support set is read, never trained on.
+
+Each is a flax.linen module with two methods, `encode(support_x, y, mask) -> task_state`
+and `decode(task_state, query_x) -> [Q] ratings`, so the learner's `adapt` and `predict`
+are two pure `apply` calls. Every (user, item) pair is first embedded by the content
+model's field embeddings, so these learners see the same features as MAML.
+
+- neural_process (TaNP-style): pairs (pair embedding, rating) -> MLP -> masked mean (the
+  task representation r) plus query-specific dot-product attention over the support;
+  optional latent z ~ N(mu(r), sigma(r)) with a KL term (posterior from support+query,
+  prior from the support; evaluation uses the mean); the decoder is FiLM-modulated by r.
+- in_context: a small transformer over [support tokens; query tokens]. A support token is
+  the pair embedding plus a rating embedding; a query token carries a learned "unknown
+  rating" vector. Every token attends to the valid support tokens and to itself.
+- prototype: one prototype per rating level (mean embedding of the support pairs with that
+  rating, falling back to a learned prototype when the level is absent); the query's
+  prediction is the softmax(-distance)-weighted mean of the levels.
+- matching: the query's prediction is a learned per-pair baseline plus an attention-weighted
+  average of the support's residuals under a learned metric.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from metarec_jax.data.schema import FieldSpec
+from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, concat_batches, masked_mse
+from metarec_jax.models.content import Embeddings
+
+SET_LEARNERS = ("neural_process", "in_context", "prototype", "matching")
+
+
+def _masked_mean(v, mask):
+  w = mask.astype(v.dtype)[..., None]
+  return (v * w).sum(-2) / jnp.maximum(w.sum(-2), 1.0)
+
+
+def _attend(q, k, v, mask, scale):
+  logits = (q @ k.T) * scale
+  logits = jnp.where(mask[None, :], logits, -1e9)
+  w = jax.nn.softmax(logits, axis=-1) * (mask.any())
+  return w @ v
+
+
+class PairEncoder(nn.Module):
+  """(user, item) features -> [..., width] via the field embeddings and one dense layer."""
+
+  fields: tuple[FieldSpec, ...]
+  embed_dim: int
+  width: int
+
+  @nn.compact
+  def __call__(self, x):
+    h, bias = Embeddings(self.fields, self.embed_dim, linear=True, name="embed")(x)
+    return nn.relu(nn.Dense(self.width, name="pair")(h)), bias
+
+
+class NeuralProcess(nn.Module):
+  fields: tuple[FieldSpec, ...]
+  embed_dim: int = 32
+  width: int = 64
+  latent: bool = False
+  output_bias: float = 0.0
+
+  def setup(self):
+    self.pair = PairEncoder(self.fields, self.embed_dim, self.width)
+    self.enc = nn.Sequential([nn.Dense(self.width), nn.relu, nn.Dense(self.width)])
+    self.key_proj = nn.Dense(self.width)
+    self.stats = nn.Dense(2 * self.width)
+    self.film = nn.Dense(2 * self.width)
+    self.dec_in = nn.Dense(self.width)
+    self.dec_out = nn.Dense(1, bias_init=nn.initializers.constant(self.output_bias))
+
+  def _summary(self, x, y, mask):
+    e, _ = self.pair(x)
+    s = self.enc(jnp.concatenate([e, (y[..., None] - self.output_bias)], -1))
+    r = _masked_mean(s, mask)
+    mu, raw = jnp.split(self.stats(r), 2, -1)
+    return {"r": r, "keys": self.key_proj(e), "values": s, "mask": mask, "z_mu": mu,
+            "z_sigma": 0.1 + 0.9 * nn.sigmoid(raw)}
+
+  def encode(self, x, y, mask):
+    return self._summary(x, y, mask)
+
+  def decode(self, state, qx, z=None):
+    e, bias = self.pair(qx)
+    att = _attend(self.key_proj(e), state["keys"], state["values"], state["mask"], self.width ** -0.5)
+    task = state["r"] + (state["z_mu"] if z is None else z) if self.latent else state["r"]
+    gamma, beta = jnp.split(self.film(task), 2, -1)
+    h = nn.relu(self.dec_in(jnp.concatenate([e, att], -1)))
+    h = h * (1.0 + gamma) + beta
+    return self.dec_out(nn.relu(h))[..., 0] + bias
+
+  def __call__(self, x, y, mask, qx):
+    return self.decode(self.encode(x, y, mask), qx)
+
+
+class InContext(nn.Module):
+  fields: tuple[FieldSpec, ...]
+  embed_dim: int = 32
+  width: int = 64
+  layers: int = 2
+  heads: int = 4
+  output_bias: float = 0.0
+
+  def setup(self):
+    self.pair = PairEncoder(self.fields, self.embed_dim, self.width)
+    self.rating = nn.Dense(self.width)
+    self.unknown = self.param("unknown_rating", nn.initializers.normal(0.02), (self.width,))
+    self.attn = [nn.MultiHeadDotProductAttention(num_heads=self.heads) for _ in range(self.layers)]
+    self.mlp = [nn.Sequential([nn.Dense(2 * self.width), nn.relu, nn.Dense(self.width)]) for _ in range(self.layers)]
+    self.norm1 = [nn.LayerNorm() for _ in range(self.layers)]
+    self.norm2 = [nn.LayerNorm() for _ in range(self.layers)]
+    self.out = nn.Dense(1, bias_init=nn.initializers.constant(self.output_bias))
+
+  def encode(self, x, y, mask):
+    e, _ = self.pair(x)
+    return {"tokens": e + self.rating((y[..., None] - self.output_bias)), "mask": mask}
+
+  def decode(self, state, qx):
+    e, bias = self.pair(qx)
+    S, Q = state["tokens"].shape[0], e.shape[0]
+    h = jnp.concatenate([state["tokens"], e + self.unknown], 0)
+    keys_ok = jnp.concatenate([state["mask"], jnp.zeros((Q,), bool)])
+    mask = keys_ok[None, :] | jnp.eye(S + Q, dtype=bool)
+    for attn, mlp, n1, n2 in zip(self.attn, self.mlp, self.norm1, self.norm2):
+      h = h + attn(n1(h), mask=mask[None])
+      h = h + mlp(n2(h))
+    return self.out(h[S:])[..., 0] + bias
+
+  def __call__(self, x, y, mask, qx):
+    return self.decode(self.encode(x, y, mask), qx)
+
+
+class Prototype(nn.Module):
+  fields: tuple[FieldSpec, ...]
+  embed_dim: int = 32
+  width: int = 64
+  levels: Sequence[float] = (1.0, 2.0, 3.0, 4.0, 5.0)
+
+  def setup(self):
+    self.pair = PairEncoder(self.fields, self.embed_dim, self.width)
+    self.proj = nn.Dense(self.width)
+    self.fallback = self.param("fallback", nn.initializers.normal(0.1), (len(self.levels), self.width))
+    self.log_temp = self.param("log_temp", nn.initializers.zeros, ())
+
+  def encode(self, x, y, mask):
+    f = self.proj(self.pair(x)[0])
+    levels = jnp.asarray(self.levels)
+    member = mask[:, None] & (jnp.abs(y[:, None] - levels[None, :]) < 0.5)  # [S, L]
+    counts = member.sum(0)
+    protos = (member.T.astype(f.dtype) @ f) / jnp.maximum(counts, 1)[:, None]
+    return {"protos": jnp.where(counts[:, None] > 0, protos, self.fallback)}
+
+  def decode(self, state, qx):
+    f = self.proj(self.pair(qx)[0])
+    d = ((f[:, None, :] - state["protos"][None]) ** 2).sum(-1)
+    w = jax.nn.softmax(-d * jnp.exp(self.log_temp), axis=-1)
+    return w @ jnp.asarray(self.levels)
+
+  def __call__(self, x, y, mask, qx):
+    return self.decode(self.encode(x, y, mask), qx)
+
+
+class Matching(nn.Module):
+  fields: tuple[FieldSpec, ...]
+  embed_dim: int = 32
+  width: int = 64
+  output_bias: float = 0.0
+
+  def setup(self):
+    self.pair = PairEncoder(self.fields, self.embed_dim, self.width)
+    self.metric = nn.Dense(self.width)
+    self.base = nn.Sequential([nn.Dense(self.width), nn.relu, nn.Dense(1, bias_init=nn.initializers.constant(self.output_bias))])
+    self.log_temp = self.param("log_temp", nn.initializers.zeros, ())
+
+  def _baseline(self, x):
+    e, bias = self.pair(x)
+    return e, self.base(e)[..., 0] + bias
+
+  def encode(self, x, y, mask):
+    e, b = self._baseline(x)
+    return {"keys": self.metric(e), "resid": y - b, "mask": mask}
+
+  def decode(self, state, qx):
+    e, b = self._baseline(qx)
+    att = _attend(self.metric(e), state["keys"], state["resid"][:, None], state["mask"],
+                  jnp.exp(self.log_temp) / jnp.sqrt(self.width))
+    return b + att[:, 0]
+
+  def __call__(self, x, y, mask, qx):
+    return self.decode(self.encode(x, y, mask), qx)
+
+
+def make_set_learner(name: str, model, *, kl_weight: float = 0.1, latent: bool = False, width: int = 64) -> Learner:
+  """Builds a model-based or metric-based learner on the content model's fields."""
+  kw = dict(fields=tuple(model.fields), embed_dim=model.embed_dim, width=width)
+  if name == "neural_process":
+    net = NeuralProcess(latent=latent, output_bias=model.output_bias, **kw)
+  elif name == "in_context":
+    net = InContext(output_bias=model.output_bias, **kw)
+  elif name == "prototype":
+    net = Prototype(**kw)
+  elif name == "matching":
+    net = Matching(output_bias=model.output_bias, **kw)
+  else:
+    raise ValueError(f"Unsupported set learner: {name!r}; choose one of {', '.join(SET_LEARNERS)}")
+  family = "metric" if name in ("prototype", "matching") else "model"
+
+  def init(rng, example: Episode, ctx: FitContext):
+    t = jax.tree.map(lambda a: a[0], example)
+    return {"model": net.init(rng, t.support.x, t.support.y, t.support.mask, t.query.x)}
+
+  def adapt(meta, support: Batch):
+    return net.apply(meta["model"], support.x, support.y, support.mask, method=type(net).encode)
+
+  def predict(meta, state, x):
+    return net.apply(meta["model"], state, x, method=type(net).decode)
+
+  def task_loss(meta, ep: Episode, rng):
+    if name == "neural_process" and latent:
+      prior = adapt(meta, ep.support)
+      post = adapt(meta, concat_batches(ep.support, ep.query))
+      z = post["z_mu"] + post["z_sigma"] * jax.random.normal(rng, post["z_mu"].shape)
+      pred = net.apply(meta["model"], prior, ep.query.x, z, method=NeuralProcess.decode)
+      kl = (jnp.log(prior["z_sigma"] / post["z_sigma"])
+            + (post["z_sigma"] ** 2 + (post["z_mu"] - prior["z_mu"]) ** 2) / (2 * prior["z_sigma"] ** 2) - 0.5).sum()
+      return masked_mse(pred, ep.query.y, ep.query.mask) + kl_weight * kl
+    return masked_mse(predict(meta, adapt(meta, ep.support), ep.query.x), ep.query.y, ep.query.mask)
+
+  def meta_loss(meta, episodes: Episode, rng):
+    T = episodes.query.y.shape[0]
+    losses = jax.vmap(task_loss, in_axes=(None, 0, 0))(meta, episodes, jax.random.split(rng, T))
+    loss = losses.mean()
+    return loss, {"loss": loss}
+
+  return Learner(name=name, family=family, init=init, adapt=adapt, predict=predict, meta_loss=meta_loss)
