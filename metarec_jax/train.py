@@ -199,6 +199,21 @@ def score(pred: np.ndarray, episodes: Episodes, ks=(1, 3, 5), scale=(1.0, 5.0)) 
   return out
 
 
+def warm_start_pair_embeddings(params, pooled):
+  """Copies the pooled network's field embeddings into a set learner's pair encoder.
+
+  Model- and metric-based learners embed a (user, item) pair with the same field tables
+  (with the linear column) as the content model, so they can start from the tables the
+  pooled network learned from all training ratings.
+  """
+  src = pooled["model"]["params"]["embed"]
+  dst = params["model"]["params"]["pair"]["embed"]
+  if jax.tree.map(jnp.shape, src) != jax.tree.map(jnp.shape, dst):
+    raise ValueError("pooled embeddings do not match the pair encoder's tables (is --linear on?)")
+  inner = {**params["model"]["params"], "pair": {**params["model"]["params"]["pair"], "embed": jax.tree.map(jnp.copy, src)}}
+  return {**params, "model": {**params["model"], "params": inner}}
+
+
 def fit(learner: Learner, params, data: dict, scen, config: Config, *, log: writers.MetricsLog | None,
         predict_fn: Callable) -> tuple[Any, dict]:
   """Meta-trains `learner` with Adam; keeps the params that are best on validation MAE."""
@@ -327,6 +342,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   if learner.meta_loss is not None:
     if learner.family == "optimisation" and config.init == "pooled":
       params = {**params, "model": jax.tree.map(jnp.copy, pooled_params()["model"])}
+      t0 = time.perf_counter()
+    elif learner.family in ("model", "metric") and config.init == "pooled":
+      params = warm_start_pair_embeddings(params, pooled_params())
       t0 = time.perf_counter()
     params, training[learner.name] = fit(learner, params, data, scen, config, log=log, predict_fn=predict_fn)
   preds, results[learner.name] = evaluate_all(learner, params, predict_fn=predict_fn)
