@@ -46,7 +46,7 @@ class _Local:
   path: tuple[str, ...]
 
 
-def _localized_fields(model, params, mode: str, support_x) -> list[_Local]:
+def _localized_fields(model, mode: str, support_x) -> list[_Local]:
   if mode != "all":
     return []
   out = []
@@ -112,7 +112,7 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
       lrs = {p: jnp.asarray(v) for p, v in traverse_util.flatten_dict(meta["inner_lr"]).items()}
     else:
       lrs = {p: inner_lr for p in fast}
-    local = _localized_fields(model, meta["model"], adapt, support.x)
+    local = _localized_fields(model, adapt, support.x)
     x = dict(support.x)
     uniq = {}
     fields = list(model.fields)
