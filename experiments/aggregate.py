@@ -15,11 +15,10 @@ import json
 import os
 import sys
 
-import numpy as np
 from absl import app, flags
 
 from metarec_jax.data.tasks import SCENARIOS
-from metarec_jax.writers import write_json_atomic
+from metarec_jax.writers import mean_std, write_json_atomic
 
 flags.DEFINE_multi_string("runs", [], "Glob of run folders forming one group (repeatable).")
 flags.DEFINE_list("labels", [], "One label per --runs group (default: the glob).")
@@ -53,8 +52,7 @@ def summarize(groups: dict[str, list[dict]], metrics: list[str]) -> dict:
       for s in SCENARIOS:
         out[label][name][s] = {}
         for m in metrics:
-          vals = [r["results"][name][s][m] for r in runs if name in r["results"] and r["results"][name][s].get(m) is not None]
-          out[label][name][s][m] = [float(np.mean(vals)), float(np.std(vals)), len(vals)] if vals else None
+          out[label][name][s][m] = mean_std(r["results"][name][s].get(m) for r in runs if name in r["results"])
   return out
 
 

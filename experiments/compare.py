@@ -17,20 +17,16 @@ import os
 import sys
 import time
 
-import numpy as np
 from absl import app, flags, logging
 
 from metarec_jax.data import DATASETS, DataError
 from metarec_jax.data.tasks import SCENARIOS
 from metarec_jax.learners import LEARNERS
 from metarec_jax.train import BASELINES, Config, train_and_evaluate
-from metarec_jax.writers import write_json_atomic
+from metarec_jax.writers import mean_std, write_json_atomic
 
 DEFAULT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile", "neural_process", "in_context",
                     "prototype", "matching")
-FAMILIES = {"maml": "optimisation", "fomaml": "optimisation", "metasgd": "optimisation", "anil": "optimisation",
-            "reptile": "optimisation", "neural_process": "model", "in_context": "model", "prototype": "metric",
-            "matching": "metric"}
 
 _D = Config()
 flags.DEFINE_enum("dataset", "synthetic", list(DATASETS), "Dataset.")
@@ -49,19 +45,15 @@ FLAGS = flags.FLAGS
 METRICS = ("mae", "rmse", "ndcg@3", "ndcg@5")
 
 
-def mean_std(values):
-  values = [v for v in values if v is not None]
-  return (float(np.mean(values)), float(np.std(values)), len(values)) if values else None
-
-
 def fmt(ms, digits=3):
   return "–" if ms is None else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
 
 
 def build_table(runs: list[dict], learners: list[str], ks: list[int]) -> tuple[str, dict]:
   """runs: [{"learner", "seed", "final"}] -> (markdown, summary)."""
-  names = []
+  names, families = [], {}
   for r in runs:
+    families.update(r["final"]["families"])
     for n in r["final"]["results"]:
       if n not in names:
         names.append(n)
@@ -82,8 +74,7 @@ def build_table(runs: list[dict], learners: list[str], ks: list[int]) -> tuple[s
     lines += [f"### {m} (mean ± std over seeds)", "", "| learner | family | " + " | ".join(SCENARIOS) + " |",
               "|---|---|" + "---|" * len(SCENARIOS)]
     for n in names:
-      fam = FAMILIES.get(n, "baseline")
-      lines.append(f"| {n} | {fam} | " + " | ".join(fmt(summary["results"][n][s][m]) for s in SCENARIOS) + " |")
+      lines.append(f"| {n} | {families[n]} | " + " | ".join(fmt(summary["results"][n][s][m]) for s in SCENARIOS) + " |")
     lines.append("")
   lines += ["### user-cold MAE against support size k (few-shot curve)", "",
             "| learner | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]

@@ -188,8 +188,8 @@ def predict_episodes(predict_fn, params, tables, episodes: Episodes, chunk: int)
   return np.asarray(jnp.concatenate(outs))[:T]
 
 
-def score(pred: np.ndarray, episodes: Episodes, ks=(1, 3, 5), scale=(1.0, 5.0)) -> dict[str, float]:
-  """Query metrics of [task, Q] predictions; errors use predictions clipped to `scale`."""
+def score(pred: np.ndarray, episodes: Episodes, ks=(1, 3, 5), scale: tuple[float, float] | None = None) -> dict[str, float]:
+  """Query metrics of [task, Q] predictions; with `scale`, errors use predictions clipped to it."""
   if len(episodes) == 0:
     return {"n_tasks": 0}
   m = metrics_lib.rating_metrics(jnp.asarray(pred), jnp.asarray(episodes.query_rating),
@@ -199,13 +199,18 @@ def score(pred: np.ndarray, episodes: Episodes, ks=(1, 3, 5), scale=(1.0, 5.0)) 
   return out
 
 
-def warm_start_pair_embeddings(params, pooled):
-  """Copies the pooled network's field embeddings into a set learner's pair encoder.
+def warm_start(learner: Learner, params, pooled):
+  """Starts a learner from the network trained on pooled ratings (`--init=pooled`).
 
-  Model- and metric-based learners embed a (user, item) pair with the same field tables
-  (with the linear column) as the content model, so they can start from the tables the
-  pooled network learned from all training ratings.
+  Optimisation-based learners take the whole network (extra meta-parameters such as
+  Meta-SGD's rates stay as initialised). Model- and metric-based learners embed a
+  (user, item) pair with the same field tables as the content model, so they take its
+  embedding tables. Baselines are returned unchanged.
   """
+  if learner.family == "optimisation":
+    return {**params, "model": jax.tree.map(jnp.copy, pooled["model"])}
+  if learner.family not in ("model", "metric"):
+    return params
   src = pooled["model"]["params"]["embed"]
   dst = params["model"]["params"]["pair"]["embed"]
   if jax.tree.map(jnp.shape, src) != jax.tree.map(jnp.shape, dst):
@@ -223,10 +228,9 @@ def fit(learner: Learner, params, data: dict, scen, config: Config, *, log: writ
   T, B = len(scen.train), config.meta_batch_size
   n_batches = -(-T // B)
   best = {"val_mae": float("inf"), "epoch": 0}
-  best_params = params
   if config.epochs and len(scen.val):
     best["val_mae"] = score(predict_episodes(predict_fn, params, data["tables"], scen.val, config.eval_chunk),
-                            scen.val)["mae"]
+                            scen.val, scale=scen.rating_scale)["mae"]
   best_params = jax.tree.map(jnp.copy, params)
   bad_epochs, train_time, last_finite = 0, 0.0, None
   perm_key = jax.random.key(config.seed + 2)
@@ -248,7 +252,8 @@ def fit(learner: Learner, params, data: dict, scen, config: Config, *, log: writ
           f"{learner.name}: non-finite training loss at step {step} (epoch {epoch}); "
           f"last finite loss {last_finite}; lower --outer_lr or --inner_lr")
     last_finite = float(losses[-1])
-    val = score(predict_episodes(predict_fn, state.params, data["tables"], scen.val, config.eval_chunk), scen.val)
+    val = score(predict_episodes(predict_fn, state.params, data["tables"], scen.val, config.eval_chunk), scen.val,
+                scale=scen.rating_scale)
     record = {"learner": learner.name, "epoch": epoch, "step": int(epoch * n_batches),
               "train/loss": float(losses.mean()), "time/epoch_s": epoch_time,
               "time/tasks_per_s": n_batches * B / epoch_time}
@@ -310,6 +315,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
   def evaluate_all(learner, params, *, predict_fn=None, few_shot_curve=True):
     predict_fn = predict_fn or make_predict_fn(learner)
+    families[learner.name] = learner.family
     preds = {s: predict_episodes(predict_fn, params, data["tables"], scen.test[s], config.eval_chunk)
              for s in SCENARIOS}
     if config.few_shot_ks and few_shot_curve:
@@ -317,10 +323,11 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       for k in config.few_shot_ks:
         capped = scen.test["user_cold"].cap_support(k)
         few_shot[learner.name][str(k)] = score(
-            predict_episodes(predict_fn, params, data["tables"], capped, config.eval_chunk), capped, config.ndcg_ks)
-    return preds, {s: score(preds[s], scen.test[s], config.ndcg_ks) for s in SCENARIOS}
+            predict_episodes(predict_fn, params, data["tables"], capped, config.eval_chunk), capped, config.ndcg_ks,
+            scen.rating_scale)
+    return preds, {s: score(preds[s], scen.test[s], config.ndcg_ks, scen.rating_scale) for s in SCENARIOS}
 
-  results, training, timing = {}, {}, {"data_s": t_data}
+  results, training, timing, families = {}, {}, {"data_s": t_data}, {}
   init_rng = jax.random.key(config.seed)
   pooled_cache = {}
 
@@ -340,12 +347,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
   params = learner.init(init_rng, example, ctx)
   predict_fn = make_predict_fn(learner)
   if learner.meta_loss is not None:
-    if learner.family == "optimisation" and config.init == "pooled":
-      params = {**params, "model": jax.tree.map(jnp.copy, pooled_params()["model"])}
-      t0 = time.perf_counter()
-    elif learner.family in ("model", "metric") and config.init == "pooled":
-      params = warm_start_pair_embeddings(params, pooled_params())
-      t0 = time.perf_counter()
+    if config.init == "pooled":
+      params = warm_start(learner, params, pooled_params())
+      t0 = time.perf_counter()  # the pooled network's training is timed on its own
     params, training[learner.name] = fit(learner, params, data, scen, config, log=log, predict_fn=predict_fn)
   preds, results[learner.name] = evaluate_all(learner, params, predict_fn=predict_fn)
   timing[learner.name] = time.perf_counter() - t0
@@ -379,7 +383,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
           cand_params = cand.init(init_rng, example, ctx)
         fn = make_predict_fn(cand)
         val_mae = score(predict_episodes(fn, cand_params, data["tables"], scen.val, config.eval_chunk),
-                        scen.val)["mae"]
+                        scen.val, scale=scen.rating_scale)["mae"]
         if best is None or val_mae < best[0]:
           best = (val_mae, options, cand, cand_params, fn)
       training[name] = {"selected": best[1], "val_mae": best[0]}
@@ -393,6 +397,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
                   "n_test_tasks": {s: len(scen.test[s]) for s in SCENARIOS},
                   "n_new_items": int(scen.split.new_item.sum())},
       "learner": config.learner,
+      "families": families,
       "results": results,
       "adaptation": adaptation,
       "few_shot_user_cold": few_shot,

@@ -28,6 +28,12 @@ def to_jsonable(obj: Any) -> Any:
   return obj
 
 
+def mean_std(values) -> list | None:
+  """[mean, std, n] of the non-None values (population std), or None if there are none."""
+  values = [float(v) for v in values if v is not None]
+  return [float(np.mean(values)), float(np.std(values)), len(values)] if values else None
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes JSON to a temp file in the same folder, then renames it over `path`."""
   folder = os.path.dirname(os.path.abspath(path))

@@ -17,7 +17,7 @@ from metarec_jax.data.tasks import TaskConfig, build_scenarios
 from metarec_jax.learners import LEARNERS, FitContext, create_learner
 from metarec_jax.models import create_model
 from metarec_jax.train import (Config, create_train_state, fit, make_predict_fn, make_train_step,
-                               predict_episodes, score, warm_start_pair_embeddings)
+                               predict_episodes, score, warm_start)
 
 META = ("maml", "fomaml", "metasgd", "anil", "reptile", "neural_process", "in_context", "prototype", "matching")
 GRADIENT = ("maml", "fomaml", "metasgd", "anil", "reptile")
@@ -61,11 +61,11 @@ def test_vmap_equals_loop_compiles_once_and_is_deterministic(setup, name):
     state, aux = step(state, data, (jnp.arange(8) + 8 * i) % len(scen.train))
     assert np.isfinite(float(aux["loss"]))
   assert len(traces) == 1
-  # Evaluation is deterministic.
+  # Evaluation is deterministic: a task's predictions do not depend on the batch it is in.
   fn = make_predict_fn(learner)
   a = predict_episodes(fn, state.params, tables, scen.val, 16)
-  b = predict_episodes(fn, state.params, tables, scen.val, 16)
-  np.testing.assert_array_equal(a, b)
+  b = predict_episodes(fn, state.params, tables, scen.val, 5)
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_neural_process_latent_evaluates_with_the_mean(setup):
@@ -76,9 +76,9 @@ def test_neural_process_latent_evaluates_with_the_mean(setup):
   l1 = learner.meta_loss(params, ep, jax.random.key(1))[0]
   l2 = learner.meta_loss(params, ep, jax.random.key(2))[0]
   assert float(l1) != float(l2)  # training samples z
-  fn = make_predict_fn(learner)
-  np.testing.assert_array_equal(predict_episodes(fn, params, tables, scen.val, 8),
-                                predict_episodes(fn, params, tables, scen.val, 8))
+  fn = make_predict_fn(learner)  # no rng reaches evaluation: the latent mean is used
+  np.testing.assert_allclose(predict_episodes(fn, params, tables, scen.val, 8),
+                             predict_episodes(fn, params, tables, scen.val, 3), rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +118,9 @@ def test_learner_learns_where_adaptation_must_help(learning_setup, name):
   s = learning_setup
   learner = make(name, s["model"])
   params = learner.init(jax.random.key(0), s["example"], s["ctx"])
-  # The default --init=pooled: start from the network trained on pooled ratings.
-  if name in GRADIENT:
-    params = {**params, "model": jax.tree.map(jnp.copy, s["pooled_params"]["model"])}
-  else:
-    params = warm_start_pair_embeddings(params, s["pooled_params"])
+  params = warm_start(learner, params, s["pooled_params"])  # the default --init=pooled
   params, info = fit(learner, params, s["data"], s["scen"], s["config"], log=None, predict_fn=make_predict_fn(learner))
   mae = s["evaluate"](learner, params)
   refs = s["refs"]
-  print(name, mae, refs)
   assert mae < 0.97 * refs["pooled"], (name, mae, refs)
   assert mae < 0.97 * refs["support_mean"], (name, mae, refs)

@@ -18,12 +18,6 @@ def setup():
   return tiny_setup()
 
 
-def _learner(model, **kw):
-  opts = dict(inner_lr=0.05, inner_steps=2, adapt="head")
-  opts.update(kw)
-  return create_learner(kw.pop("name", "maml"), model, **{k: v for k, v in opts.items() if k != "name"})
-
-
 @pytest.mark.parametrize("adapt", ["head", "all"])
 def test_second_order_meta_gradient_matches_finite_differences(adapt):
   # A linear head (no hidden layer) keeps the meta-loss smooth for finite differences.

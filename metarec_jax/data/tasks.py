@@ -89,6 +89,7 @@ class Scenarios:
   val: Episodes
   test: dict[str, Episodes]  # keyed by SCENARIOS
   train_ratings: tuple[np.ndarray, np.ndarray, np.ndarray]  # (users, items, ratings) seen in training
+  rating_scale: tuple[float, float] = (1.0, 5.0)  # the dataset's; error metrics clip to it
 
 
 def split_users_items(ds: Dataset, cfg: TaskConfig, seed: int) -> ColdStartSplit:
@@ -173,7 +174,8 @@ def build_scenarios(ds: Dataset, cfg: TaskConfig, seed: int) -> Scenarios:
   tu = np.concatenate([np.full(len(it), u, np.int32) for u, it, _ in train_tasks]) if train_tasks else np.zeros(0, np.int32)
   ti = np.concatenate([it for _, it, _ in train_tasks]) if train_tasks else np.zeros(0, np.int32)
   tr = np.concatenate([r for _, _, r in train_tasks]) if train_tasks else np.zeros(0, np.float32)
-  return Scenarios(split=split, train=train, val=val, test=test, train_ratings=(tu, ti, tr))
+  return Scenarios(split=split, train=train, val=val, test=test, train_ratings=(tu, ti, tr),
+                   rating_scale=tuple(ds.rating_scale))
 
 
 def _group_by_user(ds: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:

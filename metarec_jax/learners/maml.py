@@ -46,6 +46,15 @@ class _Local:
   path: tuple[str, ...]
 
 
+def _table_path(spec: FieldSpec) -> tuple[str, ...]:
+  return ("params", EMBED_SCOPE, param_name(spec))
+
+
+def _rows(table, uniq, vocab):
+  """Rows of `table` for a task's sorted unique ids (padding entries read the last row)."""
+  return table[jnp.minimum(uniq, vocab - 1)]
+
+
 def _localized_fields(model, mode: str, support_x) -> list[_Local]:
   if mode != "all":
     return []
@@ -53,7 +62,7 @@ def _localized_fields(model, mode: str, support_x) -> list[_Local]:
   for spec in model.fields:
     occurrences = int(support_x[spec.name].size)
     if spec.vocab_size > occurrences:
-      out.append(_Local(spec, ("params", EMBED_SCOPE, param_name(spec))))
+      out.append(_Local(spec, _table_path(spec)))
   return out
 
 
@@ -61,7 +70,7 @@ def _gather_rows(table, ids, vocab):
   """Unique ids of one task (sorted, padded with `vocab`) and the rows they select."""
   flat = jnp.where(ids >= 0, ids, vocab).reshape(-1)
   uniq = jnp.unique(flat, size=flat.size, fill_value=vocab)
-  return uniq, table[jnp.minimum(uniq, vocab - 1)]
+  return uniq, _rows(table, uniq, vocab)
 
 
 def _local_ids(uniq, ids):
@@ -121,7 +130,7 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
       uniq[loc.spec.name] = u
       fast[loc.path] = rows
       if learn_inner_lr:
-        lrs[loc.path] = lrs[loc.path][jnp.minimum(u, loc.spec.vocab_size - 1)]
+        lrs[loc.path] = _rows(lrs[loc.path], u, loc.spec.vocab_size)
       x[loc.spec.name] = _local_ids(u, x[loc.spec.name])
       fields[fields.index(loc.spec)] = dataclasses.replace(loc.spec, vocab_size=u.shape[0])
     local_model = model.clone(fields=tuple(fields))
@@ -148,7 +157,7 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
     for spec in model.fields:
       if spec.name not in state["uniq"]:
         continue
-      path = ("params", EMBED_SCOPE, param_name(spec))
+      path = _table_path(spec)
       u = state["uniq"][spec.name]
       ids = x[spec.name]
       flat_ids = jnp.where(ids >= 0, ids, 0).reshape(-1)
@@ -170,10 +179,9 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
       # Gradient of 0.5 * ||theta - theta'||^2 is theta - theta' (the Reptile direction);
       # gathered embedding rows are compared row by row, so untouched rows get zero.
       flat, fast = split(meta["model"])
-      for spec_name, u in state["uniq"].items():
-        spec = next(f for f in model.fields if f.name == spec_name)
-        path = ("params", EMBED_SCOPE, param_name(spec))
-        fast[path] = flat[path][jnp.minimum(u, spec.vocab_size - 1)]
+      for spec in model.fields:
+        if spec.name in state["uniq"]:
+          fast[_table_path(spec)] = _rows(flat[_table_path(spec)], state["uniq"][spec.name], spec.vocab_size)
       dist = sum(0.5 * jnp.sum((fast[p] - state["fast"][p]) ** 2) for p in fast)
       query_mse = masked_mse(predict(meta, state, ep.query.x), ep.query.y, ep.query.mask)
       return dist + jax.lax.stop_gradient(query_mse - dist)  # value: query MSE; gradient: Reptile's

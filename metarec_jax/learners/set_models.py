@@ -46,6 +46,19 @@ def _attend(q, k, v, mask, scale):
   return w @ v
 
 
+class SetModel(nn.Module):
+  """Base of the set learners' networks: `encode` the support, `decode` a query."""
+
+  def encode(self, x, y, mask):
+    raise NotImplementedError
+
+  def decode(self, state, qx):
+    raise NotImplementedError
+
+  def __call__(self, x, y, mask, qx):
+    return self.decode(self.encode(x, y, mask), qx)
+
+
 class PairEncoder(nn.Module):
   """(user, item) features -> [..., width] via the field embeddings and one dense layer."""
 
@@ -59,7 +72,7 @@ class PairEncoder(nn.Module):
     return nn.relu(nn.Dense(self.width, name="pair")(h)), bias
 
 
-class NeuralProcess(nn.Module):
+class NeuralProcess(SetModel):
   fields: tuple[FieldSpec, ...]
   embed_dim: int = 32
   width: int = 64
@@ -75,16 +88,13 @@ class NeuralProcess(nn.Module):
     self.dec_in = nn.Dense(self.width)
     self.dec_out = nn.Dense(1, bias_init=nn.initializers.constant(self.output_bias))
 
-  def _summary(self, x, y, mask):
+  def encode(self, x, y, mask):
     e, _ = self.pair(x)
     s = self.enc(jnp.concatenate([e, (y[..., None] - self.output_bias)], -1))
     r = _masked_mean(s, mask)
     mu, raw = jnp.split(self.stats(r), 2, -1)
     return {"r": r, "keys": self.key_proj(e), "values": s, "mask": mask, "z_mu": mu,
             "z_sigma": 0.1 + 0.9 * nn.sigmoid(raw)}
-
-  def encode(self, x, y, mask):
-    return self._summary(x, y, mask)
 
   def decode(self, state, qx, z=None):
     e, bias = self.pair(qx)
@@ -95,11 +105,8 @@ class NeuralProcess(nn.Module):
     h = h * (1.0 + gamma) + beta
     return self.dec_out(nn.relu(h))[..., 0] + bias
 
-  def __call__(self, x, y, mask, qx):
-    return self.decode(self.encode(x, y, mask), qx)
 
-
-class InContext(nn.Module):
+class InContext(SetModel):
   fields: tuple[FieldSpec, ...]
   embed_dim: int = 32
   width: int = 64
@@ -132,11 +139,8 @@ class InContext(nn.Module):
       h = h + mlp(n2(h))
     return self.out(h[S:])[..., 0] + bias
 
-  def __call__(self, x, y, mask, qx):
-    return self.decode(self.encode(x, y, mask), qx)
 
-
-class Prototype(nn.Module):
+class Prototype(SetModel):
   fields: tuple[FieldSpec, ...]
   embed_dim: int = 32
   width: int = 64
@@ -162,11 +166,8 @@ class Prototype(nn.Module):
     w = jax.nn.softmax(-d * jnp.exp(self.log_temp), axis=-1)
     return w @ jnp.asarray(self.levels)
 
-  def __call__(self, x, y, mask, qx):
-    return self.decode(self.encode(x, y, mask), qx)
 
-
-class Matching(nn.Module):
+class Matching(SetModel):
   fields: tuple[FieldSpec, ...]
   embed_dim: int = 32
   width: int = 64
@@ -192,9 +193,6 @@ class Matching(nn.Module):
                   jnp.exp(self.log_temp) / jnp.sqrt(self.width))
     return b + att[:, 0]
 
-  def __call__(self, x, y, mask, qx):
-    return self.decode(self.encode(x, y, mask), qx)
-
 
 def make_set_learner(name: str, model, *, kl_weight: float = 0.1, latent: bool = False, width: int = 64) -> Learner:
   """Builds a model-based or metric-based learner on the content model's fields."""
@@ -216,17 +214,17 @@ def make_set_learner(name: str, model, *, kl_weight: float = 0.1, latent: bool =
     return {"model": net.init(rng, t.support.x, t.support.y, t.support.mask, t.query.x)}
 
   def adapt(meta, support: Batch):
-    return net.apply(meta["model"], support.x, support.y, support.mask, method=type(net).encode)
+    return net.apply(meta["model"], support.x, support.y, support.mask, method="encode")
 
   def predict(meta, state, x):
-    return net.apply(meta["model"], state, x, method=type(net).decode)
+    return net.apply(meta["model"], state, x, method="decode")
 
   def task_loss(meta, ep: Episode, rng):
     if name == "neural_process" and latent:
       prior = adapt(meta, ep.support)
       post = adapt(meta, concat_batches(ep.support, ep.query))
       z = post["z_mu"] + post["z_sigma"] * jax.random.normal(rng, post["z_mu"].shape)
-      pred = net.apply(meta["model"], prior, ep.query.x, z, method=NeuralProcess.decode)
+      pred = net.apply(meta["model"], prior, ep.query.x, z, method="decode")
       kl = (jnp.log(prior["z_sigma"] / post["z_sigma"])
             + (post["z_sigma"] ** 2 + (post["z_mu"] - prior["z_mu"]) ** 2) / (2 * prior["z_sigma"] ** 2) - 0.5).sum()
       return masked_mse(pred, ep.query.y, ep.query.mask) + kl_weight * kl

@@ -1,0 +1,40 @@
+"""End-to-end runs of `experiments.compare` and `experiments.aggregate` on a tiny synthetic config."""
+
+import json
+import os
+
+from conftest import run_binary
+from metarec_jax.data.tasks import SCENARIOS
+
+
+def test_compare_then_aggregate(tmp_path):
+  out = str(tmp_path / "cmp")
+  proc = run_binary("experiments.compare", "--synthetic_users=120", "--synthetic_items=150", "--epochs=1",
+                    "--learners=fomaml,matching", "--baselines=support_mean,bias_foldin", "--seeds=0,1",
+                    "--few_shot_ks=1,3", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.load(open(os.path.join(out, "results.json")))
+  assert [(r["learner"], r["seed"]) for r in results["runs"]] == [("fomaml", 0), ("matching", 0),
+                                                                   ("fomaml", 1), ("matching", 1)]
+  summary = results["summary"]
+  assert set(summary["results"]) == {"fomaml", "matching", "support_mean", "bias_foldin"}
+  for name in summary["results"]:
+    assert summary["results"][name]["user_cold"]["mae"][2] == 2  # mean, std, n over both seeds
+    assert set(summary["few_shot"][name]) == {"1", "3"}
+  table = open(os.path.join(out, "table.md")).read()
+  assert "| fomaml | optimisation |" in table and "| matching | metric |" in table
+  assert "| bias_foldin | baseline |" in table and "k=3" in table
+
+  proc = run_binary("experiments.aggregate", f"--runs={out}/fomaml_seed*", "--labels=fo", "--metrics=mae",
+                    f"--out={tmp_path}/agg.md")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  agg = json.load(open(tmp_path / "agg.json"))
+  assert set(agg["fo"]) == {"fomaml", "support_mean", "bias_foldin"}
+  assert set(agg["fo"]["fomaml"]) == set(SCENARIOS)
+  # support_mean ran only with the first learner of each seed, so it has both seeds here too.
+  assert agg["fo"]["support_mean"]["user_cold"]["mae"][2] == 2
+
+
+def test_aggregate_rejects_an_empty_glob(tmp_path):
+  proc = run_binary("experiments.aggregate", f"--runs={tmp_path}/nothing*")
+  assert proc.returncode == 2 and "matches no run folder" in proc.stderr
