@@ -19,6 +19,8 @@ import time
 
 from absl import app, flags, logging
 
+from experiments import runtime_flags
+
 from metarec_jax.data import DATASETS, DataError
 from metarec_jax.data.tasks import SCENARIOS
 from metarec_jax.learners import LEARNERS
@@ -39,6 +41,7 @@ flags.DEFINE_integer("patience", _D.patience, "Early-stopping patience (epochs) 
 flags.DEFINE_list("few_shot_ks", ["1", "3", "5", "10", "20"], "Support sizes of the user-cold few-shot curve.")
 flags.DEFINE_integer("synthetic_users", _D.synthetic_users, "Users of the synthetic generator.")
 flags.DEFINE_integer("synthetic_items", _D.synthetic_items, "Items of the synthetic generator.")
+flags.DEFINE_integer("task_chunk", 0, "Vmap over chunks of this many tasks inside the step (0: whole meta-batch).")
 flags.DEFINE_string("out", "runs/compare", "Output folder.")
 FLAGS = flags.FLAGS
 
@@ -91,6 +94,7 @@ def build_table(runs: list[dict], learners: list[str], ks: list[int]) -> tuple[s
 def main(argv):
   del argv
   try:
+    runtime_flags.apply()
     seeds = [int(s) for s in FLAGS.seeds]
     ks = [int(k) for k in FLAGS.few_shot_ks]
     for n in FLAGS.learners:
@@ -104,7 +108,8 @@ def main(argv):
                         epochs=FLAGS.epochs, patience=FLAGS.patience,
                         baselines=tuple(FLAGS.baselines) if j == 0 else (),
                         few_shot_ks=tuple(ks), synthetic_users=FLAGS.synthetic_users,
-                        synthetic_items=FLAGS.synthetic_items)
+                        synthetic_items=FLAGS.synthetic_items, devices=FLAGS.devices,
+                        task_chunk=FLAGS.task_chunk)
         t0 = time.perf_counter()
         final = train_and_evaluate(config, os.path.join(FLAGS.out, f"{name}_seed{seed}"))
         runs.append({"learner": name, "seed": seed, "final": final, "wall_s": time.perf_counter() - t0})

@@ -12,6 +12,8 @@ import sys
 
 from absl import app, flags, logging
 
+from experiments import runtime_flags
+
 from metarec_jax.data import DATASETS, DataError
 from metarec_jax.learners import ADAPT_MODES, LEARNERS
 from metarec_jax.models import MODELS
@@ -28,6 +30,8 @@ flags.DEFINE_integer("inner_steps", _D.inner_steps, "Inner (adaptation) gradient
 flags.DEFINE_float("inner_lr", _D.inner_lr, "Inner (adaptation) learning rate.")
 flags.DEFINE_float("outer_lr", _D.outer_lr, "Outer Adam learning rate.")
 flags.DEFINE_integer("meta_batch_size", _D.meta_batch_size, "Tasks per meta-update.")
+flags.DEFINE_integer("task_chunk", _D.task_chunk, "Vmap over chunks of this many tasks inside the step (0: the "
+                     "whole meta-batch at once; 4 is faster on CPU, 0 on GPU). Same update either way.")
 flags.DEFINE_integer("epochs", _D.epochs, "Maximum meta-training epochs.")
 flags.DEFINE_integer("patience", _D.patience, "Early stopping: epochs without a better validation MAE.")
 flags.DEFINE_enum("adapt", _D.adapt, list(ADAPT_MODES), "Which parameters adapt: head (MeLU local update), last (output layer) or all.")
@@ -62,13 +66,15 @@ def config_from_flags() -> Config:
       hidden=tuple(int(h) for h in FLAGS.hidden), item_id_feature=FLAGS.item_id_feature, linear=FLAGS.linear,
       id_dropout=FLAGS.id_dropout, redraw=FLAGS.redraw, init=FLAGS.init, weight_decay=FLAGS.weight_decay, query_size=FLAGS.query_size, min_ratings=FLAGS.min_ratings,
       max_ratings=FLAGS.max_ratings, max_support=FLAGS.max_support, val_user_frac=FLAGS.val_user_frac,
-      baselines=tuple(b for b in FLAGS.baselines if b))
+      baselines=tuple(b for b in FLAGS.baselines if b), devices=FLAGS.devices,
+      task_chunk=FLAGS.task_chunk)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   try:
+    runtime_flags.apply()
     final = train_and_evaluate(config_from_flags(), FLAGS.workdir)
   except (DataError, ValueError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)

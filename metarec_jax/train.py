@@ -15,7 +15,7 @@ import optax
 from absl import logging
 
 from metarec_jax import metrics as metrics_lib
-from metarec_jax import writers
+from metarec_jax import runtime, writers
 from metarec_jax.data import load_dataset
 from metarec_jax.data.features import ITEM_ID_FIELD, feature_tables, featurize
 from metarec_jax.data.tasks import SCENARIOS, Episodes, TaskConfig, build_scenarios
@@ -68,6 +68,8 @@ class Config:
   eval_chunk: int = 128
   ndcg_ks: tuple[int, ...] = (1, 3, 5)
   few_shot_ks: tuple[int, ...] = ()  # user-cold support capped at each k at evaluation
+  devices: int = 1  # devices the task axis of a meta-batch is sharded over (0: all)
+  task_chunk: int = 0  # vmap over chunks of this many tasks inside a scan (0: the whole meta-batch)
 
   def task_config(self) -> TaskConfig:
     return TaskConfig(query_size=self.query_size, min_ratings=self.min_ratings, max_ratings=self.max_ratings,
@@ -83,6 +85,10 @@ class Config:
         (0 <= self.id_dropout < 1, f"id_dropout must be in [0, 1), got {self.id_dropout}"),
         (self.eval_chunk > 0, f"eval_chunk must be > 0, got {self.eval_chunk}"),
         (self.init in ("pooled", "scratch"), f"init must be 'pooled' or 'scratch', got {self.init!r}"),
+        (self.devices >= 0, f"devices must be >= 0 (0: all), got {self.devices}"),
+        (self.task_chunk >= 0, f"task_chunk must be >= 0, got {self.task_chunk}"),
+        (not self.task_chunk or self.meta_batch_size % self.task_chunk == 0,
+         f"meta_batch_size={self.meta_batch_size} does not divide into task chunks of {self.task_chunk}"),
     ]
     for ok, msg in checks:
       if not ok:
@@ -141,24 +147,90 @@ def redraw_support_query(rng, ep: dict) -> dict:
   return out
 
 
-def make_train_step(learner: Learner, *, id_dropout: float = 0.0, redraw: bool = False) -> Callable:
-  """meta_train_step(state, data, idx) -> (state, aux); data = {"episodes", "tables"} on device."""
+def make_train_step(learner: Learner, *, id_dropout: float = 0.0, redraw: bool = False, mesh=None,
+                    task_chunk: int = 0, on_trace: Callable[[], None] | None = None) -> Callable:
+  """meta_train_step(state, data, order) -> (state, aux), jitted once, state donated.
 
-  def step(state: MetaTrainState, data: dict, idx: jnp.ndarray):
+  data = {"episodes", "tables"}: the split's padded episodes and the feature tables, on
+  the device. order: [n_batches, meta_batch] task indices of the current epoch (made on
+  the device by `epoch_order`); the step takes row `state.step % n_batches`, so the loop
+  passes the same three device arrays every step and nothing crosses from the host.
+  With `mesh`, the meta-batch's task axis is sharded over the mesh's devices.
+  `task_chunk` (0: the whole meta-batch at once) vmaps over chunks of that many tasks
+  inside a `lax.scan` and averages their meta-gradients: the same update (every chunk
+  has the same size), with smaller batched matmuls, which is faster on CPU.
+  `on_trace` is called each time the step is traced (to count compiles).
+  """
+
+  def loss_and_grads(params, episode, key):
+    grad_fn = jax.value_and_grad(learner.meta_loss, has_aux=True)
+    B = episode.query.y.shape[0]
+    if not task_chunk or task_chunk >= B:
+      (_, aux), grads = grad_fn(params, episode, key)
+      return aux, grads
+    if B % task_chunk:
+      raise ValueError(f"meta_batch_size={B} does not divide into task chunks of {task_chunk}")
+    chunks = jax.tree.map(lambda a: a.reshape((B // task_chunk, task_chunk) + a.shape[1:]), episode)
+    if mesh is not None:
+      if task_chunk % mesh.size:
+        raise ValueError(f"task_chunk={task_chunk} does not divide by the {mesh.size} devices the task axis is "
+                         "sharded over")
+      chunks = jax.lax.with_sharding_constraint(chunks, runtime.chunk_sharded(mesh))
+
+    def body(acc, xs):
+      i, chunk = xs
+      (_, aux), grads = grad_fn(params, chunk, jax.random.fold_in(key, i))
+      return jax.tree.map(jnp.add, acc, (aux, grads)), None
+
+    n = B // task_chunk
+    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda a: a[0], chunks), key)))
+    (aux, grads), _ = jax.lax.scan(body, (zero[0][1], zero[1]), (jnp.arange(n), chunks))
+    return jax.tree.map(lambda a: a / n, aux), jax.tree.map(lambda g: g / n, grads)
+
+  def step(state: MetaTrainState, data: dict, order: jnp.ndarray):
+    if on_trace is not None:
+      on_trace()
+    runtime.check_divisible(order.shape[1], mesh)
     key = jax.random.fold_in(state.rng, state.step)
     loss_key, drop_key, split_key = jax.random.split(key, 3)
+    idx = order[state.step % order.shape[0]]
     batch = jax.tree.map(lambda a: a[idx], data["episodes"])
+    if mesh is not None:
+      batch = jax.lax.with_sharding_constraint(batch, runtime.task_sharded(mesh))
     if redraw:
       batch = redraw_support_query(split_key, batch)
     episode = featurize_episodes(data["tables"], batch)
     if id_dropout > 0 and ITEM_ID_FIELD in data["tables"]:
       episode = drop_item_ids(drop_key, episode, id_dropout)
-    (_, aux), grads = jax.value_and_grad(learner.meta_loss, has_aux=True)(state.params, episode, loss_key)
+    aux, grads = loss_and_grads(state.params, episode, loss_key)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), aux
 
   return jax.jit(step, donate_argnums=0)
+
+
+def make_epoch_order(n_tasks: int, meta_batch_size: int, mesh=None) -> Callable:
+  """order(key) -> (next_key, [n_batches, meta_batch] indices): a fresh permutation per
+  epoch, made on the device; the last batch wraps around to the permutation's start."""
+  n_batches = -(-n_tasks // meta_batch_size)
+
+  def order(key):
+    key, sub = jax.random.split(key)
+    perm = jax.random.permutation(sub, n_tasks)
+    perm = jnp.concatenate([perm, perm[: n_batches * meta_batch_size - n_tasks]])
+    return key, perm.reshape(n_batches, meta_batch_size).astype(jnp.int32)
+
+  return jax.jit(order, out_shardings=runtime.replicated(mesh))
+
+
+def run_epoch(step_fn: Callable, state: MetaTrainState, data: dict, order: jnp.ndarray):
+  """Runs one step per row of `order`; returns the state and the [n_batches] losses (on device)."""
+  losses = []
+  for _ in range(order.shape[0]):
+    state, aux = step_fn(state, data, order)
+    losses.append(aux["loss"])
+  return state, jnp.stack(losses)
 
 
 def make_predict_fn(learner: Learner) -> Callable:
@@ -176,15 +248,18 @@ def make_predict_fn(learner: Learner) -> Callable:
 
 
 def predict_episodes(predict_fn, params, tables, episodes: Episodes, chunk: int) -> np.ndarray:
-  """Predicts every task in fixed-size chunks (padding the last), so one compile serves all."""
+  """Predicts every task in fixed-size chunks (padding the last), so one compile serves all.
+
+  The padded episodes go to the device once; each chunk is a device-side slice.
+  """
   T = len(episodes)
   if T == 0:
     return np.zeros((0, episodes.query_item.shape[1]), np.float32)
-  arrays = episodes.arrays()
-  outs = []
-  for start in range(0, T, chunk):
-    idx = np.arange(start, start + chunk) % T
-    outs.append(predict_fn(params, tables, {k: v[idx] for k, v in arrays.items()}))
+  n_chunks = -(-T // chunk)
+  idx = np.arange(n_chunks * chunk) % T
+  arrays = {k: jnp.asarray(v[idx]) for k, v in episodes.arrays().items()}
+  outs = [predict_fn(params, tables, {k: v[c * chunk:(c + 1) * chunk] for k, v in arrays.items()})
+          for c in range(n_chunks)]
   return np.asarray(jnp.concatenate(outs))[:T]
 
 
@@ -223,9 +298,14 @@ def fit(learner: Learner, params, data: dict, scen, config: Config, *, log: writ
         predict_fn: Callable) -> tuple[Any, dict]:
   """Meta-trains `learner` with Adam; keeps the params that are best on validation MAE."""
   tx = optax.adamw(config.outer_lr, weight_decay=config.weight_decay) if config.weight_decay else optax.adam(config.outer_lr)
-  state = create_train_state(jax.random.key(config.seed + 1), params, tx)
-  step_fn = make_train_step(learner, id_dropout=config.id_dropout, redraw=config.redraw)
   T, B = len(scen.train), config.meta_batch_size
+  mesh = runtime.task_mesh(config.devices)
+  runtime.check_divisible(B, mesh)
+  data = runtime.replicate(data, mesh)
+  state = runtime.replicate(create_train_state(jax.random.key(config.seed + 1), params, tx), mesh)
+  step_fn = make_train_step(learner, id_dropout=config.id_dropout, redraw=config.redraw, mesh=mesh,
+                            task_chunk=config.task_chunk)
+  order_fn = make_epoch_order(T, B, mesh)
   n_batches = -(-T // B)
   best = {"val_mae": float("inf"), "epoch": 0}
   if config.epochs and len(scen.val):
@@ -233,16 +313,12 @@ def fit(learner: Learner, params, data: dict, scen, config: Config, *, log: writ
                             scen.val, scale=scen.rating_scale)["mae"]
   best_params = jax.tree.map(jnp.copy, params)
   bad_epochs, train_time, last_finite = 0, 0.0, None
-  perm_key = jax.random.key(config.seed + 2)
+  order_key = runtime.replicate(jax.random.key(config.seed + 2), mesh)
   for epoch in range(1, config.epochs + 1):
     t0 = time.perf_counter()
-    perm = jax.random.permutation(jax.random.fold_in(perm_key, epoch), T)
-    perm = jnp.concatenate([perm, perm[: n_batches * B - T]]).reshape(n_batches, B)
-    losses = []
-    for b in range(n_batches):
-      state, aux = step_fn(state, data, perm[b])
-      losses.append(aux["loss"])
-    losses = np.asarray(jnp.stack(losses))
+    order_key, order = order_fn(order_key)
+    state, losses = run_epoch(step_fn, state, data, order)
+    losses = np.asarray(losses)
     epoch_time = time.perf_counter() - t0
     train_time += epoch_time
     bad = np.flatnonzero(~np.isfinite(losses))

@@ -66,3 +66,29 @@ def test_binary_ml100k_one_epoch(tmp_path, shared_data_dir):
   final = _check_outputs(workdir, "maml", ["item_mean", "support_mean"], 1)
   assert final["dataset"]["n_ratings"] == 100000
   assert all(final["dataset"]["n_test_tasks"][s] > 20 for s in SCENARIOS)
+
+
+def test_binary_sharded_and_chunked_equals_plain(tmp_path):
+  runs = {}
+  for name, extra in (("plain", []), ("sharded", ["--devices=4", "--task_chunk=4"])):
+    workdir = str(tmp_path / name)
+    proc = run_binary("experiments.train", *TINY, "--baselines=item_mean", f"--workdir={workdir}",
+                      f"--compilation_cache_dir={tmp_path / 'cache'}", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs[name] = json.load(open(os.path.join(workdir, "final_metrics.json")))
+  assert os.listdir(tmp_path / "cache"), "the persistent compilation cache was not written"
+  for scenario in SCENARIOS:
+    a, b = runs["plain"]["results"]["maml"][scenario], runs["sharded"]["results"]["maml"][scenario]
+    if a["n_tasks"]:
+      assert b["mae"] == pytest.approx(a["mae"], abs=1e-4), scenario
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--devices=4", "--meta_batch_size=6"], "meta_batch_size=6 does not divide by the 4 devices"),
+    (["--task_chunk=3"], "meta_batch_size=8 does not divide into task chunks of 3"),
+    (["--devices=64"], "devices=64 but only 4 cpu device"),
+])
+def test_binary_rejects_bad_device_flags(tmp_path, flags, message):
+  proc = run_binary("experiments.train", *TINY, "--baselines=", f"--workdir={tmp_path}", *flags)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert message in proc.stderr and "Traceback" not in proc.stderr

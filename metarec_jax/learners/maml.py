@@ -146,7 +146,7 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
       return {p: f[p] - lrs[p] * g[p] for p in f}, None
 
     if inner_steps:
-      fast, _ = jax.lax.scan(step, fast, None, length=inner_steps)
+      fast, _ = jax.lax.scan(step, fast, None, length=inner_steps, unroll=True)
     return {"fast": fast, "uniq": uniq}
 
   def predict(meta, state, x):

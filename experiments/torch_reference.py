@@ -1,0 +1,127 @@
+"""The reference code's execution style, in PyTorch, for the benchmark.
+
+MeLU, TaNP and RecBole-MetaRec meta-train like this: a Python loop over the tasks of a
+meta-batch, each task adapted on its own with `torch.autograd.grad(create_graph=True)`
+(second order), the query losses stacked and averaged, one backward, one Adam step. This
+file runs that loop on the same content model (same fields, tables, masked-mean multi-hot
+embeddings, MLP) and the same padded, masked episodes as the JAX code, so the two compute
+the same meta-gradient (checked by `max_grad_diff` before any timing).
+
+Needs the optional `bench` extra (`pip install -e .[bench]`, CPU torch).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flax import traverse_util
+
+try:
+  import torch
+except ImportError:  # the benchmark reports the baseline as unavailable
+  torch = None
+
+
+def available() -> bool:
+  return torch is not None
+
+
+def _key(path) -> str:
+  return "/".join(path[1:])  # drop the leading "params"
+
+
+class TorchMAML:
+  """Per-task MAML on a torch copy of a ContentModel's parameters.
+
+  adapt: "head" adapts the MLP (MeLU's local update); "all" adapts every parameter,
+  whole embedding tables included, as the reference code does.
+  """
+
+  def __init__(self, model, flax_params, tables: dict, episodes: dict, *, inner_lr: float, inner_steps: int,
+               first_order: bool, adapt: str, outer_lr: float = 1e-3):
+    if torch is None:
+      raise ImportError("torch is not installed; pip install -e .[bench]")
+    if getattr(model, "linear", False):
+      raise ValueError("the torch reference implements the content model without --linear")
+    self.fields = model.fields
+    self.hidden = len(model.hidden)
+    flat = traverse_util.flatten_dict(flax_params)
+    self.params = {_key(p): torch.tensor(np.asarray(v), requires_grad=True) for p, v in flat.items()}
+    self.fast_keys = [k for k in self.params if adapt == "all" or not k.startswith("embed/")]
+    self.tables = {k: torch.from_numpy(np.asarray(v)).long() for k, v in tables.items()}
+    self.episodes = {k: torch.from_numpy(np.asarray(v)) for k, v in episodes.items()}
+    for k in ("support_item", "query_item", "user"):
+      self.episodes[k] = self.episodes[k].long()
+    self.inner_lr, self.inner_steps, self.first_order = inner_lr, inner_steps, first_order
+    self.opt = torch.optim.Adam(list(self.params.values()), lr=outer_lr)
+
+  def forward(self, p: dict, x: dict):
+    vecs = []
+    for spec in self.fields:
+      table = p["embed/" + spec.name.replace("/", "_")]
+      ids = x[spec.name]
+      if spec.kind == "categorical":
+        vecs.append(table[ids])
+      else:
+        valid = (ids >= 0).to(table.dtype)
+        rows = table[ids.clamp(min=0)] * valid[..., None]
+        vecs.append(rows.sum(-2) / valid.sum(-1, keepdim=True).clamp(min=1.0))
+    h = torch.cat(vecs, -1)
+    for i in range(self.hidden):
+      h = torch.relu(h @ p[f"hidden_{i}/kernel"] + p[f"hidden_{i}/bias"])
+    return (h @ p["out/kernel"] + p["out/bias"])[..., 0]
+
+  def featurize(self, user, items) -> dict:
+    x = {}
+    for name, table in self.tables.items():
+      if name.startswith("user/"):
+        v = table[user][:, None]
+        x[name] = v.expand(items.shape + v.shape[2:])
+      else:
+        x[name] = table[items]
+    return x
+
+  @staticmethod
+  def masked_mse(pred, y, mask):
+    m = mask.to(pred.dtype)
+    return (m * (pred - y) ** 2).sum() / m.sum().clamp(min=1.0)
+
+  def task_loss(self, sx, sy, sm, qx, qy, qm):
+    fast = {k: self.params[k] for k in self.fast_keys}
+    for _ in range(self.inner_steps):
+      loss = self.masked_mse(self.forward({**self.params, **fast}, sx), sy, sm)
+      grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not self.first_order)
+      fast = {k: v - self.inner_lr * g for (k, v), g in zip(fast.items(), grads)}
+    return self.masked_mse(self.forward({**self.params, **fast}, qx), qy, qm)
+
+  def meta_loss(self, idx) -> "torch.Tensor":
+    ep = {k: v[idx] for k, v in self.episodes.items()}
+    sx = self.featurize(ep["user"], ep["support_item"])
+    qx = self.featurize(ep["user"], ep["query_item"])
+    losses = []
+    for t in range(len(idx)):  # one task at a time, as the reference code does
+      pick = lambda x: {k: v[t] for k, v in x.items()}  # noqa: E731
+      losses.append(self.task_loss(pick(sx), ep["support_rating"][t], ep["support_mask"][t],
+                                   pick(qx), ep["query_rating"][t], ep["query_mask"][t]))
+    return torch.stack(losses).mean()
+
+  def meta_grads(self, idx) -> dict[str, np.ndarray]:
+    self.opt.zero_grad()
+    self.meta_loss(torch.as_tensor(np.asarray(idx)).long()).backward()
+    return {k: v.grad.detach().numpy().copy() for k, v in self.params.items()}
+
+  def step(self, idx) -> float:
+    self.opt.zero_grad()
+    loss = self.meta_loss(idx)
+    loss.backward()
+    self.opt.step()
+    return float(loss.detach())
+
+
+def max_grad_diff(torch_grads: dict[str, np.ndarray], jax_grads) -> tuple[float, float]:
+  """(max |torch - jax| over every entry, max |jax|) of the model's meta-gradient."""
+  flat = {_key(p): np.asarray(v) for p, v in traverse_util.flatten_dict(jax_grads).items()}
+  if set(flat) != set(torch_grads):
+    raise ValueError(f"parameter names differ: {sorted(set(flat) ^ set(torch_grads))}")
+  diff = max(float(np.abs(torch_grads[k] - flat[k]).max()) for k in flat)
+  scale = max(float(np.abs(flat[k]).max()) for k in flat)
+  return diff, scale
