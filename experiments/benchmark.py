@@ -141,7 +141,8 @@ def setup_config(shapes, spec: dict) -> types.SimpleNamespace:
   from metarec_jax import runtime
   from metarec_jax.learners import FitContext, create_learner
   from metarec_jax.models import create_model
-  from metarec_jax.train import create_train_state, featurize_episodes, make_epoch_order, make_train_step
+  from metarec_jax.train import (create_train_state, device_data, featurize_episodes, make_epoch_order,
+                                  make_train_step)
 
   name, B = spec["learner"], spec["meta_batch_size"]
   mesh = runtime.task_mesh(runtime_flags.FLAGS.devices)
@@ -151,8 +152,7 @@ def setup_config(shapes, spec: dict) -> types.SimpleNamespace:
                            adapt=spec["adapt"] or "head", first_order=bool(spec["first_order"]))
   arrays = shapes.episodes.arrays()
   T = len(shapes.episodes)
-  data = runtime.replicate({"episodes": {k: jnp.asarray(v) for k, v in arrays.items()},
-                            "tables": {k: jnp.asarray(v) for k, v in shapes.tables.items()}}, mesh)
+  data = runtime.replicate(device_data(shapes.episodes, shapes.tables), mesh)
   example = featurize_episodes(data["tables"], jax.tree.map(lambda a: a[:1], data["episodes"]))
   r = arrays["support_rating"][arrays["support_mask"]]
   ctx = FitContext(model=model, fields=shapes.fields, n_items=0, train_users=np.zeros(len(r), np.int32),
@@ -297,8 +297,7 @@ def machine() -> dict:
   dev = jax.local_devices()[0]
   info = {"platform": dev.platform, "device_kind": dev.device_kind, "n_devices": jax.device_count(),
           "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-          "python": platform.python_version(), "jax": jax.__version__,
-          "gemm_2048_flops": GEMM.get("flops")}
+          "python": platform.python_version(), "jax": jax.__version__}
   try:
     import torch
     info["torch"] = torch.__version__
@@ -320,7 +319,8 @@ def growth_one(n_users: int) -> dict:
   from metarec_jax.data.tasks import TaskConfig, build_scenarios
   from metarec_jax.learners import FitContext, create_learner
   from metarec_jax.models import create_model
-  from metarec_jax.train import create_train_state, featurize_episodes, make_epoch_order, make_train_step, run_epoch
+  from metarec_jax.train import (create_train_state, device_data, featurize_episodes, make_epoch_order,
+                                  make_train_step, run_epoch)
 
   res = {"n_users": n_users, "n_items": FLAGS.growth_items}
   t0 = time.perf_counter()
@@ -332,8 +332,7 @@ def growth_one(n_users: int) -> dict:
   known = np.zeros(ds.n_items, bool)
   known[scen.train_ratings[1]] = True
   fields, tables = feature_tables(ds, known_items=known, item_id=True)
-  data = {"episodes": {k: jnp.asarray(v) for k, v in scen.train.arrays().items()},
-          "tables": {k: jnp.asarray(v) for k, v in tables.items()}}
+  data = device_data(scen.train, tables)
   jax.block_until_ready(data)
   res["n_train_tasks"] = len(scen.train)
   res["episodes"] = {"s": time.perf_counter() - t0, "peak_host_mb": bench.peak_host_mb()}

@@ -29,7 +29,7 @@ def main(argv):
   from metarec_jax import bench
   from metarec_jax.learners import create_learner
   from metarec_jax.models import create_model
-  from metarec_jax.train import featurize_episodes, make_epoch_order
+  from metarec_jax.train import device_data, featurize_episodes, make_epoch_order
   from metarec_jax.writers import write_json_atomic
 
   def timed(f, *args):
@@ -58,8 +58,7 @@ def main(argv):
 
   shapes = bench.melu_shapes(n_tasks=2048)
   model = create_model("content", fields=shapes.fields, embed_dim=32, hidden=(64, 64), output_bias=3.5)
-  data = {"episodes": {n: jnp.asarray(v) for n, v in shapes.episodes.arrays().items()},
-          "tables": {n: jnp.asarray(v) for n, v in shapes.tables.items()}}
+  data = device_data(shapes.episodes, shapes.tables)
   learner = create_learner("maml", model, inner_steps=FLAGS.inner_steps, inner_lr=0.1)
   _, order = make_epoch_order(2048, B)(jax.random.key(2))
   ep = featurize_episodes(data["tables"], jax.tree.map(lambda a: a[order[0]], data["episodes"]))

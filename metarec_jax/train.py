@@ -247,19 +247,32 @@ def make_predict_fn(learner: Learner) -> Callable:
   return jax.jit(run)
 
 
-def predict_episodes(predict_fn, params, tables, episodes: Episodes, chunk: int) -> np.ndarray:
+def device_episodes(episodes: Episodes, chunk: int) -> dict:
+  """The episodes padded to a multiple of `chunk` tasks (repeating the first ones), on the device."""
+  n_chunks = -(-len(episodes) // chunk)
+  idx = np.arange(n_chunks * chunk) % len(episodes)
+  return {k: jnp.asarray(v[idx]) for k, v in episodes.arrays().items()}
+
+
+def device_data(episodes: Episodes, tables: dict) -> dict:
+  """{"episodes", "tables"} as device arrays: what the train step reads."""
+  return {"episodes": {k: jnp.asarray(v) for k, v in episodes.arrays().items()},
+          "tables": {k: jnp.asarray(v) for k, v in tables.items()}}
+
+
+def predict_episodes(predict_fn, params, tables, episodes: Episodes, chunk: int, arrays: dict | None = None) -> np.ndarray:
   """Predicts every task in fixed-size chunks (padding the last), so one compile serves all.
 
-  The padded episodes go to the device once; each chunk is a device-side slice.
+  The padded episodes go to the device once (pass `arrays` from `device_episodes` to reuse
+  them across calls); each chunk is a device-side slice.
   """
   T = len(episodes)
   if T == 0:
     return np.zeros((0, episodes.query_item.shape[1]), np.float32)
-  n_chunks = -(-T // chunk)
-  idx = np.arange(n_chunks * chunk) % T
-  arrays = {k: jnp.asarray(v[idx]) for k, v in episodes.arrays().items()}
+  if arrays is None:
+    arrays = device_episodes(episodes, chunk)
   outs = [predict_fn(params, tables, {k: v[c * chunk:(c + 1) * chunk] for k, v in arrays.items()})
-          for c in range(n_chunks)]
+          for c in range(-(-T // chunk))]
   return np.asarray(jnp.concatenate(outs))[:T]
 
 
@@ -308,9 +321,14 @@ def fit(learner: Learner, params, data: dict, scen, config: Config, *, log: writ
   order_fn = make_epoch_order(T, B, mesh)
   n_batches = -(-T // B)
   best = {"val_mae": float("inf"), "epoch": 0}
+  val_arrays = device_episodes(scen.val, config.eval_chunk) if len(scen.val) else None
+
+  def val_score(p):
+    return score(predict_episodes(predict_fn, p, data["tables"], scen.val, config.eval_chunk, val_arrays),
+                 scen.val, scale=scen.rating_scale)
+
   if config.epochs and len(scen.val):
-    best["val_mae"] = score(predict_episodes(predict_fn, params, data["tables"], scen.val, config.eval_chunk),
-                            scen.val, scale=scen.rating_scale)["mae"]
+    best["val_mae"] = val_score(params)["mae"]
   best_params = jax.tree.map(jnp.copy, params)
   bad_epochs, train_time, last_finite = 0, 0.0, None
   order_key = runtime.replicate(jax.random.key(config.seed + 2), mesh)
@@ -328,8 +346,7 @@ def fit(learner: Learner, params, data: dict, scen, config: Config, *, log: writ
           f"{learner.name}: non-finite training loss at step {step} (epoch {epoch}); "
           f"last finite loss {last_finite}; lower --outer_lr or --inner_lr")
     last_finite = float(losses[-1])
-    val = score(predict_episodes(predict_fn, state.params, data["tables"], scen.val, config.eval_chunk), scen.val,
-                scale=scen.rating_scale)
+    val = val_score(state.params)
     record = {"learner": learner.name, "epoch": epoch, "step": int(epoch * n_batches),
               "train/loss": float(losses.mean()), "time/epoch_s": epoch_time,
               "time/tasks_per_s": n_batches * B / epoch_time}
@@ -376,8 +393,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
                        output_bias=global_mean, linear=config.linear)
   ctx = FitContext(model=model, fields=fields, n_items=ds.n_items, train_users=ctx_ratings[0],
                    train_items=ctx_ratings[1], train_ratings=ctx_ratings[2], tables=tables)
-  data = {"episodes": {k: jnp.asarray(v) for k, v in scen.train.arrays().items()},
-          "tables": {k: jnp.asarray(v) for k, v in tables.items()}}
+  data = device_data(scen.train, tables)
   example = featurize_episodes(data["tables"], jax.tree.map(lambda a: a[:1], data["episodes"]))
   t_data = time.perf_counter() - t_start
 

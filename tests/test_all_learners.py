@@ -16,7 +16,7 @@ from metarec_jax.data.features import feature_tables
 from metarec_jax.data.tasks import TaskConfig, build_scenarios
 from metarec_jax.learners import LEARNERS, FitContext, create_learner
 from metarec_jax.models import create_model
-from metarec_jax.train import (Config, create_train_state, fit, make_predict_fn, make_train_step,
+from metarec_jax.train import (Config, create_train_state, device_data, fit, make_predict_fn, make_train_step,
                                predict_episodes, score, warm_start)
 
 META = ("maml", "fomaml", "metasgd", "anil", "reptile", "neural_process", "in_context", "prototype", "matching")
@@ -54,7 +54,7 @@ def test_vmap_equals_loop_compiles_once_and_is_deterministic(setup, name):
   # One compile for any number of steps.
   traces = []
   counted = dataclasses.replace(learner, meta_loss=lambda *a: (traces.append(1), learner.meta_loss(*a))[1])
-  data = {"episodes": {k: jnp.asarray(v) for k, v in scen.train.arrays().items()}, "tables": tables}
+  data = device_data(scen.train, tables)
   state = create_train_state(jax.random.key(1), jax.tree.map(jnp.copy, params), optax.adam(1e-3))
   step = make_train_step(counted, redraw=True, id_dropout=0.1)
   order = (8 * jnp.arange(3)[:, None] + jnp.arange(8)[None, :]) % len(scen.train)
@@ -95,8 +95,7 @@ def learning_setup():
   model = create_model("content", fields=fields, embed_dim=8, hidden=(32,), output_bias=mu, linear=True)
   ctx = FitContext(model=model, fields=fields, n_items=ds.n_items, train_users=scen.train_ratings[0],
                    train_items=scen.train_ratings[1], train_ratings=scen.train_ratings[2], tables=tables)
-  data = {"episodes": {k: jnp.asarray(v) for k, v in scen.train.arrays().items()},
-          "tables": {k: jnp.asarray(v) for k, v in tables.items()}}
+  data = device_data(scen.train, tables)
   config = Config(epochs=12, patience=12, meta_batch_size=16, outer_lr=3e-3, eval_chunk=64)
   example = episode_batch(data["tables"], scen.train, 1)
   test = scen.test["user_cold"]

@@ -13,15 +13,14 @@ from conftest import run_binary
 from metarec_jax import bench
 from metarec_jax.learners import create_learner
 from metarec_jax.models import create_model
-from metarec_jax.train import create_train_state, featurize_episodes, make_epoch_order, make_train_step
+from metarec_jax.train import create_train_state, device_data, featurize_episodes, make_epoch_order, make_train_step
 
 
 @pytest.fixture(scope="module")
 def melu():
   shapes = bench.melu_shapes(n_tasks=16, n_users=50, n_items=40, support=20, query=5, min_ratings=8)
   model = create_model("content", fields=shapes.fields, embed_dim=4, hidden=(8, 8), output_bias=3.5)
-  data = {"episodes": {k: jnp.asarray(v) for k, v in shapes.episodes.arrays().items()},
-          "tables": {k: jnp.asarray(v) for k, v in shapes.tables.items()}}
+  data = device_data(shapes.episodes, shapes.tables)
   return shapes, model, data
 
 

@@ -10,7 +10,7 @@ from jax.test_util import check_grads
 from helpers import episode_batch, task, tiny_setup, to_f64
 from metarec_jax.learners import adapt_mask, create_learner, masked_mse
 from metarec_jax.learners.base import Episode
-from metarec_jax.train import create_train_state, make_train_step
+from metarec_jax.train import create_train_state, device_data, make_train_step
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_train_step_compiles_once_and_reduces_loss(setup):
   learner = create_learner("maml", model, inner_lr=0.1, inner_steps=1)
   traces = []
   counted = learner.__class__(**{**learner.__dict__, "meta_loss": lambda *a: (traces.append(1), learner.meta_loss(*a))[1]})
-  data = {"episodes": {k: jnp.asarray(v) for k, v in scen.train.arrays().items()}, "tables": tables}
+  data = device_data(scen.train, tables)
   params = learner.init(jax.random.key(0), episode_batch(tables, scen.train, 1), ctx)
   state = create_train_state(jax.random.key(1), jax.tree.map(jnp.copy, params), optax.adam(1e-2))
   step = make_train_step(counted, id_dropout=0.1, redraw=True)

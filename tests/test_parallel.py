@@ -11,7 +11,7 @@ import pytest
 from helpers import episode_batch, tiny_setup
 from metarec_jax import runtime
 from metarec_jax.learners import create_learner
-from metarec_jax.train import create_train_state, make_epoch_order, make_train_step, run_epoch
+from metarec_jax.train import create_train_state, device_data, make_epoch_order, make_train_step, run_epoch
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,7 @@ def _train(setup, name, mesh, steps=6, adapt="head", batch=8, task_chunk=0):
   _, scen, model, ctx, tables = setup
   learner = create_learner(name, model, inner_lr=0.1, inner_steps=2, adapt=adapt)
   params = learner.init(jax.random.key(0), episode_batch(tables, scen.train, 1), ctx)
-  data = runtime.replicate({"episodes": {k: jnp.asarray(v) for k, v in scen.train.arrays().items()},
-                            "tables": tables}, mesh)
+  data = runtime.replicate(device_data(scen.train, tables), mesh)
   state = runtime.replicate(create_train_state(jax.random.key(1), params, optax.adam(1e-2)), mesh)
   traces = []
   step = make_train_step(learner, id_dropout=0.1, redraw=True, mesh=mesh, task_chunk=task_chunk,
@@ -83,7 +82,7 @@ def test_step_loop_makes_no_host_to_device_transfer(setup):
   _, scen, model, ctx, tables = setup
   learner = create_learner("maml", model, inner_lr=0.1, inner_steps=1)
   params = learner.init(jax.random.key(0), episode_batch(tables, scen.train, 1), ctx)
-  data = {"episodes": {k: jnp.asarray(v) for k, v in scen.train.arrays().items()}, "tables": tables}
+  data = device_data(scen.train, tables)
   state = create_train_state(jax.random.key(1), params, optax.adam(1e-3))
   step = make_train_step(learner, redraw=True, id_dropout=0.1)
   order_fn = make_epoch_order(len(scen.train), 8)
