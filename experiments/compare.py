@@ -6,8 +6,9 @@
 For each seed, the baselines run once (with the first learner) and every other learner runs
 without them, all on the same splits. Writes <out>/results.json (every run's final metrics),
 <out>/table.md (mean ± std of MAE, RMSE, nDCG@3 and nDCG@5 per learner and scenario, the
-user-cold few-shot curve, wall time and meta-train tasks/s per learner) and one run folder per
-(learner, seed) with config.json, metrics.jsonl and final_metrics.json.
+user-cold few-shot curve, wall time and meta-train tasks/s per learner), one run folder per
+(learner, seed) with config.json, metrics.jsonl and final_metrics.json, and (--report, on by
+default) <out>/report.md with the tables, the commands and the figures in <out>/figures.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from absl import app, flags, logging
 
 from experiments import runtime_flags
 
+from metarec_jax import report
 from metarec_jax.data import DATASETS, DataError
 from metarec_jax.data.tasks import SCENARIOS
 from metarec_jax.learners import LEARNERS
@@ -38,7 +40,9 @@ flags.DEFINE_list("baselines", list(BASELINES), "Baselines, run once per seed.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_integer("epochs", _D.epochs, "Maximum meta-training epochs per learner.")
 flags.DEFINE_integer("patience", _D.patience, "Early-stopping patience (epochs) on validation MAE.")
-flags.DEFINE_list("few_shot_ks", ["1", "3", "5", "10", "20"], "Support sizes of the user-cold few-shot curve.")
+flags.DEFINE_list("few_shot_ks", ["1", "3", "5", "10", "20"], "Support sizes of the few-shot curve.")
+flags.DEFINE_list("few_shot_scenarios", ["user_cold"], f"Scenarios of the few-shot curve (from {', '.join(SCENARIOS)}).")
+flags.DEFINE_bool("report", True, "Also write <out>/report.md with the tables, figures (<out>/figures) and commands.")
 flags.DEFINE_integer("synthetic_users", _D.synthetic_users, "Users of the synthetic generator.")
 flags.DEFINE_integer("synthetic_items", _D.synthetic_items, "Items of the synthetic generator.")
 flags.DEFINE_integer("task_chunk", 0, "Vmap over chunks of this many tasks inside the step (0: whole meta-batch).")
@@ -107,7 +111,8 @@ def main(argv):
         config = Config(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, learner=name, seed=seed,
                         epochs=FLAGS.epochs, patience=FLAGS.patience,
                         baselines=tuple(FLAGS.baselines) if j == 0 else (),
-                        few_shot_ks=tuple(ks), synthetic_users=FLAGS.synthetic_users,
+                        few_shot_ks=tuple(ks), few_shot_scenarios=tuple(FLAGS.few_shot_scenarios),
+                        synthetic_users=FLAGS.synthetic_users,
                         synthetic_items=FLAGS.synthetic_items, devices=FLAGS.devices,
                         task_chunk=FLAGS.task_chunk)
         t0 = time.perf_counter()
@@ -127,6 +132,8 @@ def main(argv):
     with open(tmp, "w") as f:
       f.write(header + md)
     os.replace(tmp, os.path.join(FLAGS.out, "table.md"))
+    if FLAGS.report:
+      report.write_report(FLAGS.out, md, cmd, total)
     print(header + md)
   except (DataError, ValueError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -67,7 +67,8 @@ class Config:
   baselines: tuple[str, ...] = BASELINES
   eval_chunk: int = 128
   ndcg_ks: tuple[int, ...] = (1, 3, 5)
-  few_shot_ks: tuple[int, ...] = ()  # user-cold support capped at each k at evaluation
+  few_shot_ks: tuple[int, ...] = ()  # support capped at each k at evaluation (few-shot curve)
+  few_shot_scenarios: tuple[str, ...] = ("user_cold",)  # scenarios of the few-shot curve
   devices: int = 1  # devices the task axis of a meta-batch is sharded over (0: all)
   task_chunk: int = 0  # vmap over chunks of this many tasks inside a scan (0: the whole meta-batch)
 
@@ -93,6 +94,12 @@ class Config:
     for ok, msg in checks:
       if not ok:
         raise ValueError(msg)
+    for s in self.few_shot_scenarios:
+      if s not in SCENARIOS:
+        raise ValueError(f"Unsupported few-shot scenario: {s!r}; choose from {', '.join(SCENARIOS)}")
+    for k in self.few_shot_ks:
+      if k < 1:
+        raise ValueError(f"few-shot support sizes must be >= 1, got {k}")
     for b in self.baselines:
       if b not in BASELINES:
         raise ValueError(f"Unsupported baseline: {b!r}; choose from {', '.join(BASELINES)}")
@@ -411,12 +418,12 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     preds = {s: predict_episodes(predict_fn, params, data["tables"], scen.test[s], config.eval_chunk)
              for s in SCENARIOS}
     if config.few_shot_ks and few_shot_curve:
-      few_shot[learner.name] = {}
-      for k in config.few_shot_ks:
-        capped = scen.test["user_cold"].cap_support(k)
-        few_shot[learner.name][str(k)] = score(
-            predict_episodes(predict_fn, params, data["tables"], capped, config.eval_chunk), capped, config.ndcg_ks,
-            scen.rating_scale)
+      for s in config.few_shot_scenarios:
+        curve = few_shot.setdefault(s, {}).setdefault(learner.name, {})
+        for k in config.few_shot_ks:
+          capped = scen.test[s].cap_support(k)
+          curve[str(k)] = score(predict_episodes(predict_fn, params, data["tables"], capped, config.eval_chunk),
+                                capped, config.ndcg_ks, scen.rating_scale)
     return preds, {s: score(preds[s], scen.test[s], config.ndcg_ks, scen.rating_scale) for s in SCENARIOS}
 
   results, training, timing, families = {}, {}, {"data_s": t_data}, {}
@@ -492,7 +499,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       "families": families,
       "results": results,
       "adaptation": adaptation,
-      "few_shot_user_cold": few_shot,
+      "few_shot": few_shot,  # {scenario: {learner: {k: metrics}}}
+      "few_shot_user_cold": few_shot.get("user_cold", {}),
       "training": {k: {kk: vv for kk, vv in v.items() if kk not in ("train_time_s", "tasks_per_s")}
                    for k, v in training.items()},
       "timing": {**timing, "training": {k: {"train_time_s": v.get("train_time_s"), "tasks_per_s": v.get("tasks_per_s")}

@@ -11,7 +11,7 @@ def test_compare_then_aggregate(tmp_path):
   out = str(tmp_path / "cmp")
   proc = run_binary("experiments.compare", "--synthetic_users=120", "--synthetic_items=150", "--epochs=1",
                     "--learners=fomaml,matching", "--baselines=support_mean,bias_foldin", "--seeds=0,1",
-                    "--few_shot_ks=1,3", f"--out={out}")
+                    "--few_shot_ks=1,3", "--few_shot_scenarios=user_cold,item_cold", f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.load(open(os.path.join(out, "results.json")))
   assert [(r["learner"], r["seed"]) for r in results["runs"]] == [("fomaml", 0), ("matching", 0),
@@ -24,6 +24,14 @@ def test_compare_then_aggregate(tmp_path):
   table = open(os.path.join(out, "table.md")).read()
   assert "| fomaml | optimisation |" in table and "| matching | metric |" in table
   assert "| bias_foldin | baseline |" in table and "k=3" in table
+  for r in results["runs"]:
+    assert set(r["final"]["few_shot"]) == {"user_cold", "item_cold"}
+    assert r["final"]["few_shot"]["user_cold"] == r["final"]["few_shot_user_cold"]
+  report = open(os.path.join(out, "report.md")).read()
+  for name in summary["results"]:
+    assert f"| {name} |" in report
+  for fig in ("comparison", "few_shot", "learning_curves"):
+    assert os.path.getsize(os.path.join(out, "figures", f"{fig}.png")) > 0
 
   proc = run_binary("experiments.aggregate", f"--runs={out}/fomaml_seed*", "--labels=fo", "--metrics=mae",
                     f"--out={tmp_path}/agg.md")
