@@ -423,4 +423,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runtime_flags.run(main)

@@ -3,7 +3,8 @@
   python -m experiments.train --dataset=synthetic --workdir=runs/synthetic
   python -m experiments.train --dataset=ml-100k --data_dir=../shared/data --workdir=runs/ml100k
 
-Writes <workdir>/config.json, metrics.jsonl (one line per epoch) and final_metrics.json.
+Writes <workdir>/config.json, metrics.jsonl (one line per epoch), final_metrics.json and
+orbax checkpoints under <workdir>/checkpoints/<learner> (--resume continues from them).
 """
 
 from __future__ import annotations
@@ -47,12 +48,20 @@ flags.DEFINE_enum("init", _D.init, ["pooled", "scratch"],
 flags.DEFINE_bool("redraw", _D.redraw, "Re-draw each training task's support/query split at every step.")
 flags.DEFINE_float("weight_decay", _D.weight_decay, "Decoupled weight decay of the outer optimiser (AdamW).")
 flags.DEFINE_integer("query_size", _D.query_size, "Query ratings per task.")
+flags.DEFINE_list("ndcg_ks", [str(k) for k in _D.ndcg_ks], "nDCG cut-offs (each at most --query_size).")
 flags.DEFINE_integer("min_ratings", _D.min_ratings, "Fewest ratings a test task may have.")
 flags.DEFINE_integer("max_ratings", _D.max_ratings, "Most ratings a test task may have.")
 flags.DEFINE_integer("max_support", None, "Cap on the support size (k-shot).")
 flags.DEFINE_float("val_user_frac", _D.val_user_frac, "Share of existing users held out for validation.")
 flags.DEFINE_list("baselines", list(_D.baselines), f"Baselines to run (subset of {', '.join(BASELINES)}).")
 flags.DEFINE_string("workdir", "runs/default", "Output folder.")
+flags.DEFINE_bool("checkpoints", _D.checkpoints, "Save orbax checkpoints of each fit under <workdir>/checkpoints/<learner>.")
+flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Steps between checkpoints (0: after every epoch); "
+                     "epochs with a new best validation MAE and the end are always saved.")
+flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints kept: the latest k plus the best on validation.")
+flags.DEFINE_bool("resume", False, "Continue from the latest checkpoints in --workdir (same flags required).")
+flags.DEFINE_integer("exit_at_step", None, "Testing aid: end the process right after this meta-training step of the "
+                     "learner, as a kill would.")
 FLAGS = flags.FLAGS
 
 
@@ -67,7 +76,15 @@ def config_from_flags() -> Config:
       id_dropout=FLAGS.id_dropout, redraw=FLAGS.redraw, init=FLAGS.init, weight_decay=FLAGS.weight_decay, query_size=FLAGS.query_size, min_ratings=FLAGS.min_ratings,
       max_ratings=FLAGS.max_ratings, max_support=FLAGS.max_support, val_user_frac=FLAGS.val_user_frac,
       baselines=tuple(b for b in FLAGS.baselines if b), devices=FLAGS.devices,
-      task_chunk=FLAGS.task_chunk)
+      task_chunk=FLAGS.task_chunk, checkpoints=FLAGS.checkpoints, checkpoint_every=FLAGS.checkpoint_every,
+      keep_checkpoints=FLAGS.keep_checkpoints, ndcg_ks=tuple(_ints("ndcg_ks", FLAGS.ndcg_ks)))
+
+
+def _ints(name: str, values: list[str]) -> list[int]:
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    raise ValueError(f"--{name} must be a comma-separated list of integers, got {','.join(values)!r}") from None
 
 
 def main(argv):
@@ -75,7 +92,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   try:
     runtime_flags.apply()
-    final = train_and_evaluate(config_from_flags(), FLAGS.workdir)
+    final = train_and_evaluate(config_from_flags(), FLAGS.workdir, resume=FLAGS.resume,
+                               exit_at_step=FLAGS.exit_at_step)
   except (DataError, ValueError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -87,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  runtime_flags.run(main)

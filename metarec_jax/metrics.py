@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
@@ -84,4 +85,36 @@ def rating_metrics(pred, y, mask, *, ks=(1, 3, 5), threshold: float = 4.0,
   for k in ks:
     out[f"ndcg@{k}"] = ndcg(scores, y, mask, k)
   out.update(threshold_metrics(pred, y, mask, threshold))
+  return out
+
+
+def topk_metrics(scores, relevant, valid, k: int) -> dict[str, jnp.ndarray]:
+  """Precision@k, Recall@k, HR@k and nDCG@k (binary gain) of full-catalogue rankings.
+
+  Args:
+    scores: [users, items] scores.
+    relevant: [users, items] bool, the items that count as hits (e.g. held-out liked items).
+    valid: [users, items] bool, the candidates (False: excluded, e.g. the user's support items).
+    k: cut-off; at most the number of candidates.
+
+  Users without a relevant candidate are left out of the means (`n_users` counts the rest).
+  """
+  rel = relevant & valid
+  s = jnp.where(valid, scores, -jnp.inf)
+  _, top = jax.lax.top_k(s, k)
+  hits = jnp.take_along_axis(rel, top, axis=1).astype(jnp.float32)  # [U, k]
+  n_rel = rel.sum(axis=1)
+  has = n_rel > 0
+  discount = 1.0 / jnp.log2(jnp.arange(2, k + 2, dtype=jnp.float32))
+  dcg = (hits * discount).sum(axis=1)
+  ideal = jnp.where(jnp.arange(k)[None, :] < n_rel[:, None], discount[None, :], 0.0).sum(axis=1)
+  per_user = {
+      f"precision@{k}": hits.sum(axis=1) / k,
+      f"recall@{k}": hits.sum(axis=1) / jnp.maximum(n_rel, 1),
+      f"hr@{k}": (hits.sum(axis=1) > 0).astype(jnp.float32),
+      f"ndcg@{k}": dcg / jnp.where(has, ideal, 1.0),
+  }
+  n = has.sum()
+  out = {name: jnp.where(has, v, 0.0).sum() / jnp.maximum(n, 1) for name, v in per_user.items()}
+  out["n_users"] = n
   return out

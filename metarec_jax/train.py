@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Callable
@@ -16,6 +17,7 @@ from absl import logging
 
 from metarec_jax import metrics as metrics_lib
 from metarec_jax import runtime, writers
+from metarec_jax.checkpoint import FitCheckpoints, checkpoint_dir
 from metarec_jax.data import load_dataset
 from metarec_jax.data.features import ITEM_ID_FIELD, feature_tables, featurize
 from metarec_jax.data.tasks import SCENARIOS, Episodes, TaskConfig, build_scenarios
@@ -71,6 +73,18 @@ class Config:
   few_shot_scenarios: tuple[str, ...] = ("user_cold",)  # scenarios of the few-shot curve
   devices: int = 1  # devices the task axis of a meta-batch is sharded over (0: all)
   task_chunk: int = 0  # vmap over chunks of this many tasks inside a scan (0: the whole meta-batch)
+  checkpoints: bool = True  # orbax checkpoints of every fit under <workdir>/checkpoints/<learner>
+  checkpoint_every: int = 0  # steps between checkpoints (0: after every epoch)
+  keep_checkpoints: int = 3  # the latest k are kept, plus the best on validation
+
+  @classmethod
+  def from_dict(cls, d: dict, source: str = "config") -> "Config":
+    """The inverse of dataclasses.asdict after a JSON round trip (lists back to tuples)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+      raise ValueError(f"{source}: unknown field(s) {', '.join(unknown)}; expected fields of Config")
+    return cls(**{k: tuple(v) if isinstance(fields[k].default, tuple) and v is not None else v for k, v in d.items()})
 
   def task_config(self) -> TaskConfig:
     return TaskConfig(query_size=self.query_size, min_ratings=self.min_ratings, max_ratings=self.max_ratings,
@@ -82,12 +96,17 @@ class Config:
         (self.inner_lr >= 0, f"inner_lr must be >= 0, got {self.inner_lr}"),
         (self.outer_lr > 0, f"outer_lr must be > 0, got {self.outer_lr}"),
         (self.meta_batch_size > 0, f"meta_batch_size must be > 0, got {self.meta_batch_size}"),
-        (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
+        (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
         (0 <= self.id_dropout < 1, f"id_dropout must be in [0, 1), got {self.id_dropout}"),
         (self.eval_chunk > 0, f"eval_chunk must be > 0, got {self.eval_chunk}"),
         (self.init in ("pooled", "scratch"), f"init must be 'pooled' or 'scratch', got {self.init!r}"),
         (self.devices >= 0, f"devices must be >= 0 (0: all), got {self.devices}"),
         (self.task_chunk >= 0, f"task_chunk must be >= 0, got {self.task_chunk}"),
+        (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
+        (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0: every epoch), got {self.checkpoint_every}"),
+        (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
+        (all(k <= self.query_size for k in self.ndcg_ks),
+         f"nDCG cut-offs {self.ndcg_ks} must not exceed the query size {self.query_size}"),
         (not self.task_chunk or self.meta_batch_size % self.task_chunk == 0,
          f"meta_batch_size={self.meta_batch_size} does not divide into task chunks of {self.task_chunk}"),
     ]
@@ -314,9 +333,35 @@ def warm_start(learner: Learner, params, pooled):
   return {**params, "model": {**params["model"], "params": inner}}
 
 
+def _all_finite(tree) -> bool:
+  return bool(jax.tree.reduce(lambda a, b: a & b, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree),
+                              jnp.array(True)))
+
+
 def fit(learner: Learner, params, data: dict, scen, config: Config, *, log: writers.MetricsLog | None,
-        predict_fn: Callable) -> tuple[Any, dict]:
-  """Meta-trains `learner` with Adam; keeps the params that are best on validation MAE."""
+        predict_fn: Callable, ckpt: FitCheckpoints | None = None, resume: bool = False,
+        exit_at_step: int | None = None) -> tuple[Any, dict]:
+  """Meta-trains `learner` (see `_fit`); closes the checkpoint manager however the fit ends."""
+  try:
+    return _fit(learner, params, data, scen, config, log=log, predict_fn=predict_fn, ckpt=ckpt, resume=resume,
+                exit_at_step=exit_at_step)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+
+
+def _fit(learner: Learner, params, data: dict, scen, config: Config, *, log: writers.MetricsLog | None,
+         predict_fn: Callable, ckpt: FitCheckpoints | None = None, resume: bool = False,
+         exit_at_step: int | None = None) -> tuple[Any, dict]:
+  """Meta-trains `learner` with Adam; returns the params that are best on validation MAE.
+
+  With `ckpt`, the whole train state is saved after every `ckpt.every` steps (0: after
+  every epoch), after every epoch whose validation MAE is the best so far, and at the end;
+  the returned params are restored from the best checkpoint. With `resume`, training
+  continues from the latest checkpoint and reaches the same result as an uninterrupted run
+  (same order of epochs and steps, same keys). `exit_at_step` ends the process right after
+  that step, as a kill would (tests only).
+  """
   tx = optax.adamw(config.outer_lr, weight_decay=config.weight_decay) if config.weight_decay else optax.adam(config.outer_lr)
   T, B = len(scen.train), config.meta_batch_size
   mesh = runtime.task_mesh(config.devices)
@@ -327,64 +372,143 @@ def fit(learner: Learner, params, data: dict, scen, config: Config, *, log: writ
                             task_chunk=config.task_chunk)
   order_fn = make_epoch_order(T, B, mesh)
   n_batches = -(-T // B)
-  best = {"val_mae": float("inf"), "epoch": 0}
   val_arrays = device_episodes(scen.val, config.eval_chunk) if len(scen.val) else None
 
   def val_score(p):
     return score(predict_episodes(predict_fn, p, data["tables"], scen.val, config.eval_chunk, val_arrays),
                  scen.val, scale=scen.rating_scale)
 
-  if config.epochs and len(scen.val):
-    best["val_mae"] = val_score(params)["mae"]
-  best_params = jax.tree.map(jnp.copy, params)
-  bad_epochs, train_time, last_finite = 0, 0.0, None
+  def train_tree(st, key):
+    return {"step": st.step, "opt_state": st.opt_state, "rng": jax.random.key_data(st.rng),
+            "epoch_key": jax.random.key_data(key)}
+
   order_key = runtime.replicate(jax.random.key(config.seed + 2), mesh)
-  for epoch in range(1, config.epochs + 1):
-    t0 = time.perf_counter()
-    order_key, order = order_fn(order_key)
-    state, losses = run_epoch(step_fn, state, data, order)
-    losses = np.asarray(losses)
-    epoch_time = time.perf_counter() - t0
-    train_time += epoch_time
+  # Everything the loop carries besides the arrays, as JSON (saved in every checkpoint).
+  loop = {"epoch": 1, "row": 0, "losses": [], "best": {"val_mae": None, "epoch": 0, "step": 0},
+          "bad_epochs": 0, "train_time": 0.0, "last_finite": None, "last_val_mae": None, "records": []}
+  if resume and ckpt is not None and ckpt.latest_step() is not None:
+    done = ckpt.done()
+    if done is not None:  # this fit had finished: its best params and summary
+      logging.info("%s: finished before; restoring its best checkpoint (step %d)", learner.name, done["best_step"])
+      if log:
+        log.replace(learner.name, done["records"])
+      return ckpt.restore_params(done["best_step"], state.params), done["info"]
+    step0 = ckpt.latest_step()
+    p, tr, loop = ckpt.restore(step0, state.params, train_tree(state, order_key))
+    state = state.replace(params=p, opt_state=tr["opt_state"], step=tr["step"], rng=jax.random.wrap_key_data(tr["rng"]))
+    order_key = jax.random.wrap_key_data(tr["epoch_key"])
+    state, order_key = runtime.replicate((state, order_key), mesh)
+    if log:
+      log.replace(learner.name, loop["records"])
+    best_params = ckpt.restore_params(loop["best"]["step"], state.params)
+    logging.info("%s: resumed from step %d (epoch %d, batch %d)", learner.name, step0, loop["epoch"], loop["row"])
+  else:
+    if config.epochs and len(scen.val):
+      loop["best"]["val_mae"] = val_score(params)["mae"]
+    best_params = jax.tree.map(jnp.copy, params)
+    if ckpt is not None:
+      ckpt.save(0, state.params, train_tree(state, order_key), loop, loop["best"]["val_mae"])
+
+  def fail(step, epoch, what, last_loss):
+    kept = f"; the last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}" if ckpt else ""
+    raise FloatingPointError(
+        f"{learner.name}: non-finite {what} at step {step} (epoch {epoch}); last finite training loss {last_loss}, "
+        f"last validation MAE {loop['last_val_mae']}{kept}; lower --outer_lr or --inner_lr")
+
+  def check_losses(losses, epoch):
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
-      step = (epoch - 1) * n_batches + int(bad[0]) + 1
-      raise FloatingPointError(
-          f"{learner.name}: non-finite training loss at step {step} (epoch {epoch}); "
-          f"last finite loss {last_finite}; lower --outer_lr or --inner_lr")
-    last_finite = float(losses[-1])
+      last = float(losses[bad[0] - 1]) if bad[0] > 0 else loop["last_finite"]
+      fail((epoch - 1) * n_batches + int(bad[0]) + 1, epoch, "training loss", last)
+
+  def save(step, st, key, lp, val_mae=None):
+    if not _all_finite(st.params):
+      fail(step, lp["epoch"] if lp["row"] else lp["epoch"] - 1, "parameters", lp["losses"][-1] if lp["losses"] else lp["last_finite"])
+    ckpt.save(step, st.params, train_tree(st, key), lp, val_mae)
+
+  epoch = loop["epoch"]
+  while epoch <= config.epochs and loop["bad_epochs"] < config.patience:
+    t0 = time.perf_counter()
+    epoch_key = order_key
+    next_key, order = order_fn(order_key)
+    done_losses, dev_losses = list(loop["losses"]), []
+    for row in range(loop["row"], n_batches):
+      state, aux = step_fn(state, data, order)
+      dev_losses.append(aux["loss"])
+      step = (epoch - 1) * n_batches + row + 1
+      if exit_at_step is not None and step == exit_at_step:
+        logging.warning("exit at step %d (--exit_at_step)", step)
+        logging.flush()
+        os._exit(75)
+      if ckpt is not None and ckpt.every and step % ckpt.every == 0 and row < n_batches - 1:
+        so_far = done_losses + [float(x) for x in np.asarray(jnp.stack(dev_losses))]
+        check_losses(np.array(so_far), epoch)
+        save(step, state, epoch_key, {**loop, "epoch": epoch, "row": row + 1, "losses": so_far,
+                                      "train_time": loop["train_time"] + time.perf_counter() - t0})
+    losses = np.array(done_losses + ([float(x) for x in np.asarray(jnp.stack(dev_losses))] if dev_losses else []))
+    epoch_time = time.perf_counter() - t0
+    check_losses(losses, epoch)
     val = val_score(state.params)
     record = {"learner": learner.name, "epoch": epoch, "step": int(epoch * n_batches),
               "train/loss": float(losses.mean()), "time/epoch_s": epoch_time,
-              "time/tasks_per_s": n_batches * B / epoch_time}
+              "time/tasks_per_s": (n_batches - loop["row"]) * B / epoch_time}
     record.update({f"val/{k}": v for k, v in val.items() if k in ("mae", "rmse", "ndcg@3")})
     if log:
       log.write(record)
     logging.info("%s epoch %d: train loss %.4f, val MAE %.4f, val nDCG@3 %.4f (%.1fs)", learner.name, epoch,
                  record["train/loss"], val.get("mae", float("nan")), val.get("ndcg@3", float("nan")), epoch_time)
-    if val.get("mae", float("inf")) < best["val_mae"]:
-      best = {"val_mae": val["mae"], "epoch": epoch}
+    step = epoch * n_batches
+    best = dict(loop["best"])
+    improved = val.get("mae") is not None and (best["val_mae"] is None or val["mae"] < best["val_mae"])
+    if improved:
+      best = {"val_mae": val["mae"], "epoch": epoch, "step": step}
       best_params = jax.tree.map(jnp.copy, state.params)
-      bad_epochs = 0
-    else:
-      bad_epochs += 1
-      if bad_epochs >= config.patience:
-        break
+    loop = {"epoch": epoch + 1, "row": 0, "losses": [], "best": best,
+            "bad_epochs": 0 if improved else loop["bad_epochs"] + 1, "train_time": loop["train_time"] + epoch_time,
+            "last_finite": float(losses[-1]), "last_val_mae": val.get("mae"), "records": loop["records"] + [record]}
+    order_key = next_key
+    if ckpt is not None and (improved or not ckpt.every or step % ckpt.every == 0):
+      save(step, state, order_key, loop, val.get("mae"))
+    epoch += 1
   steps = int(state.step)
-  info = {"best_epoch": best["epoch"], "best_val_mae": best["val_mae"], "epochs_run": epoch if config.epochs else 0,
-          "steps": steps, "train_time_s": train_time,
+  train_time = loop["train_time"]
+  info = {"best_epoch": loop["best"]["epoch"],
+          "best_val_mae": loop["best"]["val_mae"] if loop["best"]["val_mae"] is not None else float("inf"),
+          "epochs_run": loop["epoch"] - 1, "steps": steps, "train_time_s": train_time,
           "tasks_per_s": steps * B / train_time if train_time else None}
+  if ckpt is not None:
+    save(steps, state, order_key, loop)  # the end (a no-op when this step is saved already)
+    ckpt.mark_done({"best_step": loop["best"]["step"], "info": info, "records": loop["records"]})
+    best_params = ckpt.restore_params(loop["best"]["step"], state.params)
   return best_params, info
 
 
-def train_and_evaluate(config: Config, workdir: str) -> dict:
-  """Loads data, meta-trains the learner and the baselines, evaluates the four scenarios."""
-  config.validate()
-  t_start = time.perf_counter()
-  os.makedirs(workdir, exist_ok=True)
-  writers.write_json_atomic(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
-  log = writers.MetricsLog(workdir)
+@dataclasses.dataclass
+class Setup:
+  """What a run builds before training: data, scenarios, features, model and a learner factory."""
 
+  config: Config
+  ds: Any
+  scen: Any
+  fields: tuple
+  tables: dict  # host feature tables
+  model: Any
+  ctx: FitContext
+  data: dict  # {"episodes", "tables"} of the meta-training split, on the device
+  example: Episode
+
+  def make(self, name: str, **kw) -> Learner:
+    c = self.config
+    opts = dict(inner_lr=c.inner_lr, inner_steps=c.inner_steps, adapt=c.adapt, first_order=c.first_order)
+    opts.update(kw)
+    return create_learner(name, self.model, **opts)
+
+  def init_params(self, learner: Learner):
+    return learner.init(jax.random.key(self.config.seed), self.example, self.ctx)
+
+
+def build_setup(config: Config) -> Setup:
+  """Loads the dataset and builds everything a run (or `recommend`) needs; deterministic in the seed."""
   ds = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
                     synthetic_users=config.synthetic_users, synthetic_items=config.synthetic_items)
   scen = build_scenarios(ds, config.task_config(), config.seed)
@@ -402,13 +526,53 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
                    train_items=ctx_ratings[1], train_ratings=ctx_ratings[2], tables=tables)
   data = device_data(scen.train, tables)
   example = featurize_episodes(data["tables"], jax.tree.map(lambda a: a[:1], data["episodes"]))
-  t_data = time.perf_counter() - t_start
+  return Setup(config=config, ds=ds, scen=scen, fields=fields, tables=tables, model=model, ctx=ctx, data=data,
+               example=example)
 
-  def make(name, **kw):
-    opts = dict(inner_lr=config.inner_lr, inner_steps=config.inner_steps, adapt=config.adapt,
-                first_order=config.first_order)
-    opts.update(kw)
-    return create_learner(name, model, **opts)
+
+# Config fields that do not change a run's results: a resumed run may differ in them.
+RESUME_FREE_FIELDS = ("data_dir", "devices", "task_chunk", "checkpoints", "checkpoint_every", "keep_checkpoints",
+                      "eval_chunk")
+
+
+def check_resumable(config: Config, workdir: str) -> None:
+  """Raises ValueError naming the first field where `config` differs from the run saved in `workdir`."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  now = writers.to_jsonable(dataclasses.asdict(config))
+  for k in sorted(set(saved) | set(now)):
+    if k not in RESUME_FREE_FIELDS and saved.get(k) != now.get(k):
+      raise ValueError(f"--resume: {path} has {k}={saved.get(k)!r} but this run has {k}={now.get(k)!r}; "
+                       "resume with the same flags or use a new --workdir")
+
+
+def train_and_evaluate(config: Config, workdir: str, *, resume: bool = False, exit_at_step: int | None = None) -> dict:
+  """Loads data, meta-trains the learner and the baselines, evaluates the four scenarios.
+
+  With `config.checkpoints`, every fit (the pooled network and the learner) is checkpointed
+  under <workdir>/checkpoints/<name>; `resume` continues each from its latest checkpoint.
+  """
+  config.validate()
+  t_start = time.perf_counter()
+  if resume:
+    if not config.checkpoints:
+      raise ValueError("--resume needs checkpoints (--checkpoints)")
+    check_resumable(config, workdir)
+  os.makedirs(workdir, exist_ok=True)
+  writers.write_json_atomic(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
+  log = writers.MetricsLog(workdir, append=resume)
+
+  def checkpoints_for(name):
+    if not config.checkpoints:
+      return None
+    return FitCheckpoints(checkpoint_dir(workdir, name), keep=config.keep_checkpoints, every=config.checkpoint_every)
+
+  st = build_setup(config)
+  ds, scen, model, ctx, data, example, make = st.ds, st.scen, st.model, st.ctx, st.data, st.example, st.make
+  t_data = time.perf_counter() - t_start
 
   few_shot = {}
 
@@ -436,7 +600,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       t0 = time.perf_counter()
       pooled = make("pooled")
       pooled_cache["params"], training["pooled"] = fit(pooled, pooled.init(init_rng, example, ctx), data, scen,
-                                                       config, log=log, predict_fn=make_predict_fn(pooled))
+                                                       config, log=log, predict_fn=make_predict_fn(pooled),
+                                                       ckpt=checkpoints_for("pooled"), resume=resume)
       timing["pooled_training"] = time.perf_counter() - t0
     return pooled_cache["params"]
 
@@ -449,7 +614,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     if config.init == "pooled":
       params = warm_start(learner, params, pooled_params())
       t0 = time.perf_counter()  # the pooled network's training is timed on its own
-    params, training[learner.name] = fit(learner, params, data, scen, config, log=log, predict_fn=predict_fn)
+    params, training[learner.name] = fit(learner, params, data, scen, config, log=log, predict_fn=predict_fn,
+                                         ckpt=checkpoints_for(learner.name), resume=resume, exit_at_step=exit_at_step)
   preds, results[learner.name] = evaluate_all(learner, params, predict_fn=predict_fn)
   timing[learner.name] = time.perf_counter() - t0
   adaptation = {}

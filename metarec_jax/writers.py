@@ -53,13 +53,26 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 
 class MetricsLog:
-  """Appends one JSON line per log step to <workdir>/metrics.jsonl."""
+  """Appends one JSON line per log step to <workdir>/metrics.jsonl (truncated unless `append`)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, append: bool = False):
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
-    open(self.path, "w").close()
+    if not append or not os.path.exists(self.path):
+      open(self.path, "w").close()
 
   def write(self, record: dict) -> None:
     with open(self.path, "a") as f:
       f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
+
+  def replace(self, learner: str, records: list[dict]) -> None:
+    """Drops `learner`'s lines and appends `records` (a resumed fit's log up to its checkpoint), atomically."""
+    with open(self.path) as f:
+      keep = [line for line in f if line.strip() and json.loads(line).get("learner") != learner]
+    keep += [json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in records]
+    folder = os.path.dirname(os.path.abspath(self.path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=folder)
+    with os.fdopen(fd, "w") as f:
+      f.writelines(keep)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, self.path)

@@ -35,3 +35,19 @@ def run_binary(module: str, *args: str, timeout: int = 600):
   env["JAX_COMPILATION_CACHE_DIR"] = _CACHE
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=timeout)
+
+
+# A tiny synthetic run with checkpoints, shared by the checkpoint and recommendation tests.
+TINY_RUN = ["--dataset=synthetic", "--synthetic_users=100", "--synthetic_items=120", "--epochs=3",
+            "--meta_batch_size=8", "--hidden=16", "--embed_dim=8", "--inner_steps=1",
+            "--baselines=global_mean,item_mean,support_mean,pooled,finetune", "--checkpoint_every=4",
+            "--keep_checkpoints=2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_run(tmp_path_factory):
+  """The workdir of one uninterrupted `experiments.train` run with TINY_RUN flags."""
+  workdir = str(tmp_path_factory.mktemp("tiny_run") / "run")
+  proc = run_binary("experiments.train", *TINY_RUN, f"--workdir={workdir}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir

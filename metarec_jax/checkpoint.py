@@ -1,0 +1,122 @@
+"""Checkpoints of one meta-training run (orbax): the last k plus the best on validation.
+
+One `FitCheckpoints` per fitted learner, under `<workdir>/checkpoints/<learner>/`. A step
+holds three items:
+  params  the meta-parameters (what evaluation and `recommend` restore);
+  train   the rest of the train state: optimiser state, rng, step, and the epoch-order key;
+  loop    JSON: epoch, position in the epoch, the epoch's losses so far, the best
+          validation MAE and its step, patience counter, the metrics.jsonl records.
+Checkpoints saved right after a validation carry it as orbax metrics, and the preservation
+policy keeps the latest `keep` steps plus the one with the lowest validation MAE. A finished
+fit writes `done.json` (its summary); resuming a finished fit restores its best params.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as pylogging
+import os
+import shutil
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from metarec_jax import writers
+
+
+def _abstract(tree):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class FitCheckpoints:
+  def __init__(self, directory: str, *, keep: int = 3, every: int = 0):
+    if keep < 1:
+      raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
+    if every < 0:
+      raise ValueError(f"checkpoint_every must be >= 0 (0: at epoch ends and the end only), got {every}")
+    self.directory = os.path.abspath(directory)
+    self.every = every
+    policy = pp.AnyPreservationPolicy([
+        pp.LatestN(keep),
+        pp.BestN(get_metric_fn=lambda m: -m["val_mae"], n=1, keep_checkpoints_without_metrics=False),
+    ])
+    # A save killed half-way leaves a "<step>.orbax-checkpoint-tmp*" folder, which orbax never
+    # lists as a step; remove such leftovers here, synchronously (orbax's own cleanup option runs
+    # in a background thread that can outlive a process exiting on an input error).
+    if os.path.isdir(self.directory):
+      for name in os.listdir(self.directory):
+        if ".orbax-checkpoint-tmp" in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=False,
+                                           create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("params", "train", "loop"))
+
+  # -- saving --------------------------------------------------------------------------------
+  def save(self, step: int, params, train: dict, loop: dict, val_mae: float | None = None) -> None:
+    """Saves one step (synchronously; orbax writes to a temp folder and renames it)."""
+    if step in self.manager.all_steps():
+      return
+    self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                    train=ocp.args.StandardSave(train),
+                                                    loop=ocp.args.JsonSave(writers.to_jsonable(loop))),
+                      metrics=None if val_mae is None else {"val_mae": float(val_mae)}, force=True)
+
+  def mark_done(self, summary: dict) -> None:
+    writers.write_json_atomic(os.path.join(self.directory, "done.json"), summary)
+
+  # -- reading -------------------------------------------------------------------------------
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def done(self) -> dict | None:
+    path = os.path.join(self.directory, "done.json")
+    if not os.path.isfile(path):
+      return None
+    with open(path) as f:
+      return json.load(f)
+
+  def restore_params(self, step: int, like) -> Any:
+    out = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(like))))
+    return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(out.params))
+
+  def restore(self, step: int, params_like, train_like: dict) -> tuple[Any, dict, dict]:
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(_abstract(params_like)),
+        train=ocp.args.StandardRestore(_abstract(train_like)),
+        loop=ocp.args.JsonRestore()))
+    params = jax.tree.unflatten(jax.tree.structure(params_like), jax.tree.leaves(out.params))
+    train = jax.tree.unflatten(jax.tree.structure(train_like), jax.tree.leaves(out.train))
+    return params, train, dict(out.loop)
+
+  def best_step(self) -> int | None:
+    """The step of the best validation MAE, from the latest checkpoint's loop state (or done.json)."""
+    done = self.done()
+    if done is not None:
+      return done["best_step"]
+    step = self.latest_step()
+    if step is None:
+      return None
+    out = self.manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
+    return out.loop["best"]["step"]
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def checkpoint_dir(workdir: str, learner: str) -> str:
+  return os.path.join(workdir, "checkpoints", learner)
+
+
+class _QuietOrbax(pylogging.Filter):
+  """Drops orbax's per-save INFO lines (several per checkpoint) from the absl log."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or "orbax" not in record.pathname
+
+
+pylogging.getLogger("absl").addFilter(_QuietOrbax())

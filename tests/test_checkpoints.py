@@ -1,0 +1,113 @@
+"""Checkpoints (orbax), kill-and-resume, determinism, the NaN stop and atomic writes."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import TINY_RUN as TINY
+from conftest import run_binary
+from metarec_jax import writers
+from metarec_jax.checkpoint import FitCheckpoints
+
+
+def _final_without_timing(workdir) -> str:
+  final = json.load(open(os.path.join(workdir, "final_metrics.json")))
+  final.pop("timing")
+  return json.dumps(final, indent=2, sort_keys=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_trained_run):
+  return tiny_trained_run
+
+
+def test_checkpoint_policy_keeps_the_latest_k_and_the_best(tmp_path):
+  ck = FitCheckpoints(str(tmp_path / "ck"), keep=2, every=5)
+  params = {"w": jnp.arange(4.0)}
+  tx = optax.adam(1e-3)
+  train = {"step": jnp.int32(0), "opt_state": tx.init(params), "rng": jax.random.key_data(jax.random.key(0)),
+           "epoch_key": jax.random.key_data(jax.random.key(1))}
+  # (step, validation MAE or None for a mid-epoch checkpoint)
+  for step, val in [(0, 0.9), (5, None), (10, 0.7), (15, None), (20, 0.8), (25, None), (30, 0.75)]:
+    ck.save(step, {"w": params["w"] + step}, train, {"step": step, "best": {"step": 10}}, val)
+  assert ck.steps() == [10, 25, 30]  # latest two + the best (lowest MAE, step 10)
+  np.testing.assert_array_equal(ck.restore_params(10, params)["w"], np.arange(4.0) + 10)
+  p, tr, loop = ck.restore(30, params, train)
+  assert loop["step"] == 30 and isinstance(tr["opt_state"], type(train["opt_state"]))
+  assert ck.best_step() == 10
+
+
+def test_run_keeps_latest_k_plus_best_and_records_them(uninterrupted):
+  folder = os.path.join(uninterrupted, "checkpoints", "maml")
+  done = json.load(open(os.path.join(folder, "done.json")))
+  steps = sorted(int(d) for d in os.listdir(folder) if d.isdigit())
+  final_step = done["info"]["steps"]
+  assert final_step in steps and done["best_step"] in steps
+  assert len(steps) <= 3  # keep 2 + the best
+  assert [r["epoch"] for r in done["records"]] == list(range(1, done["info"]["epochs_run"] + 1))
+  assert os.path.isfile(os.path.join(uninterrupted, "checkpoints", "pooled", "done.json"))
+
+
+@pytest.mark.parametrize("exit_at_step", [14])  # epoch 2 of 3 (11 steps each), two steps after the checkpoint at 12
+def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted, exit_at_step):
+  workdir = str(tmp_path / "run")
+  proc = run_binary("experiments.train", *TINY, f"--workdir={workdir}", f"--exit_at_step={exit_at_step}")
+  assert proc.returncode == 75, proc.stderr[-2000:]  # killed: no final metrics yet
+  assert not os.path.exists(os.path.join(workdir, "final_metrics.json"))
+  proc = run_binary("experiments.train", *TINY, f"--workdir={workdir}", "--resume")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resumed from step" in proc.stderr
+  assert _final_without_timing(workdir) == _final_without_timing(uninterrupted)
+  lines = lambda w: [(r["learner"], r["epoch"], r["train/loss"], r["val/mae"])
+                     for r in map(json.loads, open(os.path.join(w, "metrics.jsonl")))]
+  assert lines(workdir) == lines(uninterrupted)
+
+
+def test_same_seed_and_flags_give_byte_identical_final_metrics(tmp_path, uninterrupted):
+  workdir = str(tmp_path / "again")
+  proc = run_binary("experiments.train", *TINY, f"--workdir={workdir}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert _final_without_timing(workdir) == _final_without_timing(uninterrupted)
+  other = json.load(open(os.path.join(workdir, "final_metrics.json")))
+  assert "total_s" in other["timing"]  # timing lives in its own key
+
+
+def test_resume_with_different_flags_is_refused(tmp_path, uninterrupted):
+  proc = run_binary("experiments.train", *TINY[:-2], "--outer_lr=0.5", f"--workdir={uninterrupted}", "--resume")
+  assert proc.returncode == 2
+  assert "has outer_lr=0.001 but this run has outer_lr=0.5" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / "nan")
+  proc = run_binary("experiments.train", *TINY[:-2], "--checkpoint_every=1", "--outer_lr=1e30", "--baselines=",
+                    f"--workdir={workdir}")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  msg = proc.stderr.strip().splitlines()[-1]
+  assert "non-finite" in msg and "at step" in msg and "last finite training loss" in msg
+  assert "the last good checkpoint is step" in msg
+  good = int(msg.split("the last good checkpoint is step ")[1].split()[0])
+  bad = int(msg.split(" at step ")[1].split()[0])
+  assert good < bad
+  folder = msg.split(" in ")[-1].split(";")[0]
+  assert folder.startswith(os.path.join(workdir, "checkpoints"))
+  assert not os.path.exists(os.path.join(folder, "done.json"))
+  assert max(int(d) for d in os.listdir(folder) if d.isdigit()) == good
+
+
+def test_json_writes_are_atomic(tmp_path):
+  path = str(tmp_path / "out.json")
+  writers.write_json_atomic(path, {"a": 1})
+
+  class Boom:
+    pass
+
+  with pytest.raises(TypeError):
+    writers.write_json_atomic(path, {"a": 2, "b": Boom()})  # fails half-way through json.dump
+  assert json.load(open(path)) == {"a": 1}  # the old file is untouched
+  assert os.listdir(tmp_path) == ["out.json"]  # and no temp file is left behind

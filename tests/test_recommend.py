@@ -1,0 +1,134 @@
+"""The recommendation module: top-K for a new user, batch ranking metrics, input errors."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import run_binary
+from metarec_jax import metrics
+from metarec_jax.data import DataError
+from metarec_jax.recommend import (RecommendError, batch_recommend, load_trained, parse_ratings, read_ratings_file,
+                                   recommend_for_new_user)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_trained_run):
+  return load_trained(tiny_trained_run)
+
+
+def test_topk_metrics_by_hand():
+  scores = jnp.array([[0.9, 0.8, 0.7, 0.6, 0.5],
+                      [0.1, 0.2, 0.3, 0.4, 0.5],
+                      [0.5, 0.4, 0.3, 0.2, 0.1]])
+  relevant = jnp.array([[False, True, False, False, True],
+                        [True, False, False, False, False],
+                        [False, False, False, False, False]])  # user 3 has nothing relevant: left out
+  valid = jnp.array([[False, True, True, True, True],  # item 0 is a support item: excluded
+                     [True, True, True, True, True],
+                     [True, True, True, True, True]])
+  m = metrics.topk_metrics(scores, relevant, valid, 2)
+  # user 1 ranks items 1, 2 (hit, miss); user 2 ranks items 4, 3 (miss, miss)
+  assert int(m["n_users"]) == 2
+  assert float(m["precision@2"]) == pytest.approx((1 / 2 + 0) / 2)
+  assert float(m["recall@2"]) == pytest.approx((1 / 2 + 0) / 2)
+  assert float(m["hr@2"]) == pytest.approx(0.5)
+  ideal = 1 + 1 / np.log2(3)  # user 1 has two relevant items
+  assert float(m["ndcg@2"]) == pytest.approx((1 / ideal + 0) / 2)
+
+
+def test_recommend_text_output(trained, capsys):
+  from experiments.recommend import _print_table
+  _print_table(recommend_for_new_user(trained, parse_ratings("1:5,2:4,3:1", trained.setup.ds), top_k=4))
+  out = capsys.readouterr().out.splitlines()
+  assert out[0] == f"synthetic, learner maml (checkpoint step {trained.checkpoint_step}); adapted to 3 ratings:"
+  assert out[4] == "top 4 of 117 unrated items:" and len(out) == 10 and "Synthetic item" in out[-1]
+
+
+def test_recommend_ranks_unrated_items_by_the_adapted_scores(trained):
+  ds = trained.setup.ds
+  ratings = parse_ratings("1:5,2:4,3:1", ds)
+  res = recommend_for_new_user(trained, ratings, top_k=7)
+  rows = res["top_k"]
+  assert [r["rank"] for r in rows] == list(range(1, 8))
+  assert all(a["score"] >= b["score"] for a, b in zip(rows, rows[1:]))
+  assert not {r["item_id"] for r in rows} & {1, 2, 3}
+  assert res["n_candidates"] == ds.n_items - 3
+  # The ratings matter: the opposite ratings give different scores.
+  flipped = recommend_for_new_user(trained, parse_ratings("1:1,2:2,3:5", ds), top_k=7)
+  assert [r["score"] for r in flipped["top_k"]] != [r["score"] for r in rows]
+
+
+def test_ratings_of_new_items_are_used_through_their_features(trained):
+  st = trained.setup
+  known = np.zeros(st.ds.n_items, bool)
+  known[st.scen.train_ratings[1]] = True
+  new_id = int(st.ds.item_ids[np.flatnonzero(~known)[0]])
+  a, b = (int(x) for x in st.ds.item_ids[np.flatnonzero(known)[:2]])
+  base = recommend_for_new_user(trained, parse_ratings(f"{a}:5,{b}:4", st.ds), top_k=5)
+  with_new = recommend_for_new_user(trained, parse_ratings(f"{a}:5,{b}:4,{new_id}:1", st.ds), top_k=5)
+  assert with_new["ratings"][-1]["item_id"] == new_id
+  assert [r["score"] for r in with_new["top_k"]] != [r["score"] for r in base["top_k"]]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("", "--ratings is empty"),
+    ("1:5,99999:4", "item id '99999' is not an item of synthetic"),
+    ("1:5,2:9", "rating 9 is outside the rating scale [1, 5]"),
+    ("1:5,2:0", "rating 0 is outside the rating scale [1, 5]"),
+    ("1-5", "expected item_id:rating"),
+    ("1:great", "rating 'great' is not a number"),
+])
+def test_bad_ratings_get_clear_errors(trained, spec, message):
+  with pytest.raises(RecommendError) as err:
+    parse_ratings(spec, trained.setup.ds)
+  assert message in str(err.value)
+
+
+def test_ratings_file(tmp_path, trained):
+  good = tmp_path / "r.csv"
+  good.write_text("item_id,rating\n1,5\n2,4\n1,3\n")
+  assert read_ratings_file(str(good), trained.setup.ds) == [(0, 3.0), (1, 4.0)]  # repeated item: last kept
+  bad = tmp_path / "bad.csv"
+  bad.write_text("item,score\n1,5\n")
+  with pytest.raises(DataError, match=r"bad.csv:1: expected the header 'item_id,rating'"):
+    read_ratings_file(str(bad), trained.setup.ds)
+  bad.write_text("item_id,rating\n1,5\n2;4\n")
+  with pytest.raises(DataError, match=r"bad.csv:3: expected 2 fields separated by ','"):
+    read_ratings_file(str(bad), trained.setup.ds)
+
+
+def test_batch_mode_excludes_support_items_and_scores_the_catalogue(trained):
+  res = batch_recommend(trained, "user_cold", top_k=5)
+  eps = trained.setup.scen.test["user_cold"]
+  assert res["n_test_users"] == len(eps) == len(res["lists"])
+  ids = trained.setup.ds.item_ids
+  for t, entry in enumerate(res["lists"]):
+    support = set(ids[eps.support_item[t][eps.support_mask[t]]].tolist())
+    assert len(entry["items"]) == 5 and not support & set(entry["items"])
+  for k in ("precision@5", "recall@5", "hr@5", "ndcg@5"):
+    assert 0 <= res["metrics"][k] <= 1 and 0 <= res["popularity_metrics"][k] <= 1
+  cold = batch_recommend(trained, "item_cold", top_k=5)
+  assert cold["popularity_metrics"] is None  # new items have no training ratings to rank by
+
+
+def test_recommend_binary_text_json_and_errors(tmp_path, tiny_trained_run):
+  ratings = tmp_path / "r.csv"
+  ratings.write_text("item_id,rating\n1,5\n2,4\n3,1\n")
+  proc = run_binary("experiments.recommend", f"--workdir={tiny_trained_run}", f"--ratings_file={ratings}",
+                    "--top_k=4", "--json")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  res = json.loads(proc.stdout)
+  assert len(res["top_k"]) == 4 and res["learner"] == "maml" and res["checkpoint_step"] is not None
+  proc = run_binary("experiments.recommend", f"--workdir={tiny_trained_run}", "--batch_scenario=warm", "--top_k=3",
+                    f"--out={tmp_path}/warm.json")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "P@3" in proc.stdout and "popularity ranking on the same candidates" in proc.stdout and len(json.load(open(tmp_path / "warm.json"))["lists"]) > 0
+  for args, message in [(["--ratings=1:5,2:7"], "error: --ratings pair 2: rating 7 is outside the rating scale [1, 5]"),
+                        ([], "error: give exactly one of --ratings and --ratings_file (or --batch_scenario)")]:
+    proc = run_binary("experiments.recommend", f"--workdir={tiny_trained_run}", *args)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == message, proc.stderr[-500:]
+  proc = run_binary("experiments.recommend", f"--workdir={tmp_path}/nothing", "--ratings=1:5")
+  assert proc.returncode == 2 and "config.json: not found" in proc.stderr
