@@ -15,7 +15,9 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 from metarec_jax.data.tasks import SCENARIOS
 from metarec_jax.writers import mean_std, write_json_atomic
@@ -96,4 +98,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 flags.DEFINE_list("inputs", [], "Benchmark JSON files.")
 FLAGS = flags.FLAGS
@@ -89,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -26,6 +26,7 @@ from metarec_jax import report
 from metarec_jax.data import DATASETS, DataError
 from metarec_jax.data.tasks import SCENARIOS
 from metarec_jax.learners import LEARNERS
+from metarec_jax.models import MODELS
 from metarec_jax.train import BASELINES, Config, train_and_evaluate
 from metarec_jax.writers import mean_std, write_json_atomic
 
@@ -35,6 +36,9 @@ DEFAULT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile", "neural_proc
 _D = Config()
 flags.DEFINE_enum("dataset", "synthetic", list(DATASETS), "Dataset.")
 flags.DEFINE_string("data_dir", None, "Folder holding the dataset folders (default: $METAREC_DATA_DIR).")
+flags.DEFINE_enum("model", _D.model, list(MODELS), "Recommender model (content, cf or hybrid).")
+flags.DEFINE_integer("rank", _D.rank, "cf / hybrid: size of the user and item vectors.")
+flags.DEFINE_float("hybrid_alpha", _D.hybrid_alpha, "hybrid: fixed weight of the CF part (unset: learned).")
 flags.DEFINE_list("learners", list(DEFAULT_LEARNERS), f"Meta-learners to compare (from {', '.join(LEARNERS)}).")
 flags.DEFINE_list("baselines", list(BASELINES), "Baselines, run once per seed.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
@@ -108,7 +112,8 @@ def main(argv):
     runs = []
     for seed in seeds:
       for j, name in enumerate(FLAGS.learners):
-        config = Config(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, learner=name, seed=seed,
+        config = Config(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, learner=name, seed=seed, model=FLAGS.model,
+                        rank=FLAGS.rank, hybrid_alpha=FLAGS.hybrid_alpha,
                         epochs=FLAGS.epochs, patience=FLAGS.patience,
                         baselines=tuple(FLAGS.baselines) if j == 0 else (),
                         few_shot_ks=tuple(ks), few_shot_scenarios=tuple(FLAGS.few_shot_scenarios),

@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 from metarec_jax import plots
 
@@ -72,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

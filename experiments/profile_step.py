@@ -9,7 +9,9 @@ from __future__ import annotations
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 flags.DEFINE_integer("meta_batch_size", 32, "Tasks per step.")
 flags.DEFINE_integer("inner_steps", 1, "Inner steps.")
@@ -100,4 +102,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -9,9 +9,10 @@ Cloud TPU, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID), the
 from __future__ import annotations
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 from metarec_jax import runtime
 
@@ -27,15 +28,4 @@ def apply() -> None:
   runtime.configure(compilation_cache_dir=FLAGS.compilation_cache_dir, distributed=FLAGS.distributed)
 
 
-def parse_flags(argv):
-  """absl's flag parsing, with a bad flag value as one error line and exit code 2 (absl exits 1)."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
-def run(main) -> None:
-  """app.run(main) with `parse_flags`: every input error of a binary exits 2."""
-  app.run(main, flags_parser=parse_flags)
+run = cli.run  # the binaries' entry point (flag errors exit 2)

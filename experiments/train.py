@@ -25,8 +25,18 @@ flags.DEFINE_enum("dataset", _D.dataset, list(DATASETS), "Dataset.")
 flags.DEFINE_string("data_dir", None, "Folder holding the dataset folders (default: $METAREC_DATA_DIR).")
 flags.DEFINE_integer("synthetic_users", _D.synthetic_users, "Users of the synthetic generator.")
 flags.DEFINE_integer("synthetic_items", _D.synthetic_items, "Items of the synthetic generator.")
+flags.DEFINE_string("csv_ratings", None, "--dataset=csv: ratings CSV with the header user,item,rating[,timestamp].")
+flags.DEFINE_string("csv_user_features", None, "--dataset=csv: optional user feature CSV (header user,<columns>).")
+flags.DEFINE_string("csv_item_features", None, "--dataset=csv: optional item feature CSV (header item,<columns>).")
+flags.DEFINE_list("csv_columns", [], "--dataset=csv: the feature columns' types as name:categorical, "
+                  "name:multihot:SEP, name:numeric or name:title (the item's display name).")
+flags.DEFINE_list("csv_rating_scale", None, "--dataset=csv: lo,hi of the rating scale (default: the observed range).")
 flags.DEFINE_enum("model", _D.model, list(MODELS), "Recommender model.")
 flags.DEFINE_enum("learner", _D.learner, list(LEARNERS), "Learner to meta-train.")
+flags.DEFINE_integer("rank", _D.rank, "cf / hybrid models: size of the user and item vectors.")
+flags.DEFINE_float("hybrid_alpha", _D.hybrid_alpha, "hybrid model: fixed weight of the CF part in [0, 1] "
+                   "(unset: a learned meta-parameter).")
+flags.DEFINE_bool("adapt_alpha", _D.adapt_alpha, "hybrid model with a learned alpha: adapt it per task too.")
 flags.DEFINE_integer("inner_steps", _D.inner_steps, "Inner (adaptation) gradient steps.")
 flags.DEFINE_float("inner_lr", _D.inner_lr, "Inner (adaptation) learning rate.")
 flags.DEFINE_float("outer_lr", _D.outer_lr, "Outer Adam learning rate.")
@@ -68,7 +78,11 @@ FLAGS = flags.FLAGS
 def config_from_flags() -> Config:
   return Config(
       dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, synthetic_users=FLAGS.synthetic_users,
-      synthetic_items=FLAGS.synthetic_items, model=FLAGS.model, learner=FLAGS.learner,
+      csv_ratings=FLAGS.csv_ratings, csv_user_features=FLAGS.csv_user_features,
+      csv_item_features=FLAGS.csv_item_features, csv_columns=tuple(FLAGS.csv_columns),
+      csv_rating_scale=tuple(_floats("csv_rating_scale", FLAGS.csv_rating_scale)) if FLAGS.csv_rating_scale else None,
+      synthetic_items=FLAGS.synthetic_items, model=FLAGS.model, learner=FLAGS.learner, rank=FLAGS.rank,
+      hybrid_alpha=FLAGS.hybrid_alpha, adapt_alpha=FLAGS.adapt_alpha,
       inner_steps=FLAGS.inner_steps, inner_lr=FLAGS.inner_lr, outer_lr=FLAGS.outer_lr,
       meta_batch_size=FLAGS.meta_batch_size, epochs=FLAGS.epochs, patience=FLAGS.patience, adapt=FLAGS.adapt,
       first_order=FLAGS.first_order, seed=FLAGS.seed, embed_dim=FLAGS.embed_dim,
@@ -78,6 +92,13 @@ def config_from_flags() -> Config:
       baselines=tuple(b for b in FLAGS.baselines if b), devices=FLAGS.devices,
       task_chunk=FLAGS.task_chunk, checkpoints=FLAGS.checkpoints, checkpoint_every=FLAGS.checkpoint_every,
       keep_checkpoints=FLAGS.keep_checkpoints, ndcg_ks=tuple(_ints("ndcg_ks", FLAGS.ndcg_ks)))
+
+
+def _floats(name: str, values: list[str]) -> list[float]:
+  try:
+    return [float(v) for v in values]
+  except ValueError:
+    raise ValueError(f"--{name} must be a comma-separated list of numbers, got {','.join(values)!r}") from None
 
 
 def _ints(name: str, values: list[str]) -> list[int]:

@@ -42,7 +42,15 @@ class Config:
   data_dir: str | None = None
   synthetic_users: int = 600
   synthetic_items: int = 800
+  csv_ratings: str | None = None  # --dataset=csv: ratings file user,item,rating[,timestamp]
+  csv_user_features: str | None = None
+  csv_item_features: str | None = None
+  csv_columns: tuple[str, ...] = ()  # feature column types, "name:categorical|multihot:SEP|numeric|title"
+  csv_rating_scale: tuple[float, ...] | None = None  # (lo, hi); default: the observed range
   model: str = "content"
+  rank: int = 32  # cf / hybrid: size of the user and item vectors
+  hybrid_alpha: float | None = None  # hybrid: fixed weight of the CF part (None: learned)
+  adapt_alpha: bool = False  # hybrid: adapt the learned alpha per task too
   learner: str = "maml"
   inner_steps: int = 5
   inner_lr: float = 0.1
@@ -84,7 +92,7 @@ class Config:
     unknown = sorted(set(d) - set(fields))
     if unknown:
       raise ValueError(f"{source}: unknown field(s) {', '.join(unknown)}; expected fields of Config")
-    return cls(**{k: tuple(v) if isinstance(fields[k].default, tuple) and v is not None else v for k, v in d.items()})
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
   def task_config(self) -> TaskConfig:
     return TaskConfig(query_size=self.query_size, min_ratings=self.min_ratings, max_ratings=self.max_ratings,
@@ -103,6 +111,12 @@ class Config:
         (self.devices >= 0, f"devices must be >= 0 (0: all), got {self.devices}"),
         (self.task_chunk >= 0, f"task_chunk must be >= 0, got {self.task_chunk}"),
         (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
+        (self.rank >= 1, f"rank must be >= 1, got {self.rank}"),
+        (self.csv_rating_scale is None or (len(self.csv_rating_scale) == 2
+                                           and self.csv_rating_scale[0] < self.csv_rating_scale[1]),
+         f"csv_rating_scale must be two numbers lo,hi with lo < hi, got {self.csv_rating_scale}"),
+        (self.hybrid_alpha is None or 0.0 <= self.hybrid_alpha <= 1.0,
+         f"hybrid_alpha must be in [0, 1] (unset: learned), got {self.hybrid_alpha}"),
         (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0: every epoch), got {self.checkpoint_every}"),
         (self.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}"),
         (all(k <= self.query_size for k in self.ndcg_ks),
@@ -510,7 +524,10 @@ class Setup:
 def build_setup(config: Config) -> Setup:
   """Loads the dataset and builds everything a run (or `recommend`) needs; deterministic in the seed."""
   ds = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
-                    synthetic_users=config.synthetic_users, synthetic_items=config.synthetic_items)
+                    synthetic_users=config.synthetic_users, synthetic_items=config.synthetic_items,
+                    csv_ratings=config.csv_ratings, csv_user_features=config.csv_user_features,
+                    csv_item_features=config.csv_item_features, csv_columns=config.csv_columns,
+                    csv_rating_scale=config.csv_rating_scale)
   scen = build_scenarios(ds, config.task_config(), config.seed)
   if len(scen.train) == 0:
     raise ValueError(f"{config.dataset}: no meta-training tasks survive the {config.min_ratings}-"
@@ -521,7 +538,8 @@ def build_setup(config: Config) -> Setup:
   ctx_ratings = scen.train_ratings
   global_mean = float(ctx_ratings[2].mean())
   model = create_model(config.model, fields=fields, embed_dim=config.embed_dim, hidden=config.hidden,
-                       output_bias=global_mean, linear=config.linear)
+                       output_bias=global_mean, linear=config.linear, rank=config.rank, alpha=config.hybrid_alpha,
+                       adapt_alpha=config.adapt_alpha)
   ctx = FitContext(model=model, fields=fields, n_items=ds.n_items, train_users=ctx_ratings[0],
                    train_items=ctx_ratings[1], train_ratings=ctx_ratings[2], tables=tables)
   data = device_data(scen.train, tables)
@@ -572,6 +590,10 @@ def train_and_evaluate(config: Config, workdir: str, *, resume: bool = False, ex
 
   st = build_setup(config)
   ds, scen, model, ctx, data, example, make = st.ds, st.scen, st.model, st.ctx, st.data, st.example, st.make
+  if ds.protocol_report:
+    logging.info("%s protocol checks: %s", ds.name, json.dumps(ds.protocol_report, sort_keys=True))
+  logging.info("%s tasks: train %d, validation %d, test %s", ds.name, len(scen.train), len(scen.val),
+               {s: len(e) for s, e in scen.test.items()})
   t_data = time.perf_counter() - t_start
 
   few_shot = {}
@@ -660,7 +682,8 @@ def train_and_evaluate(config: Config, workdir: str, *, resume: bool = False, ex
       "dataset": {"name": ds.name, "n_users": ds.n_users, "n_items": ds.n_items, "n_ratings": ds.n_ratings,
                   "n_train_tasks": len(scen.train), "n_val_tasks": len(scen.val),
                   "n_test_tasks": {s: len(scen.test[s]) for s in SCENARIOS},
-                  "n_new_items": int(scen.split.new_item.sum())},
+                  "n_new_items": int(scen.split.new_item.sum()),
+                  **({"protocol": ds.protocol_report} if ds.protocol_report else {})},
       "learner": config.learner,
       "families": families,
       "results": results,

@@ -124,3 +124,44 @@ def test_learner_learns_where_adaptation_must_help(learning_setup, name):
   refs = s["refs"]
   assert mae < 0.97 * refs["pooled"], (name, mae, refs)
   assert mae < 0.97 * refs["support_mean"], (name, mae, refs)
+
+
+def test_cf_model_learns_with_maml_where_adaptation_must_help(learning_setup):
+  s = learning_setup
+  mu = float(s["scen"].train_ratings[2].mean())
+  model = create_model("cf", fields=s["ctx"].fields, embed_dim=8, rank=8, output_bias=mu, linear=True)
+  pooled = create_learner("pooled", model)
+  pooled_params, _ = fit(pooled, pooled.init(jax.random.key(0), s["example"], s["ctx"]), s["data"], s["scen"],
+                         s["config"], log=None, predict_fn=make_predict_fn(pooled))
+  learner = make("maml", model)
+  params = warm_start(learner, learner.init(jax.random.key(0), s["example"], s["ctx"]), pooled_params)
+  params, _ = fit(learner, params, s["data"], s["scen"], s["config"], log=None, predict_fn=make_predict_fn(learner))
+  mae = s["evaluate"](learner, params)
+  assert mae < 0.97 * s["refs"]["pooled"] and mae < 0.97 * s["refs"]["support_mean"], (mae, s["refs"])
+
+
+@pytest.mark.parametrize("kind, names", [("cf", ("maml", "metasgd", "reptile")), ("hybrid", ("fomaml",))])
+def test_factor_models_vmap_equals_loop_with_gradient_learners(setup, kind, names):
+  _, scen, content, ctx, tables = setup
+  model = create_model(kind, fields=content.fields, embed_dim=4, hidden=(8,), rank=4, output_bias=3.5, linear=True)
+  ep = episode_batch(tables, scen.train, 3)
+  for name in names:
+    learner = make(name, model)
+    params = learner.init(jax.random.key(0), ep, ctx)
+    vg = jax.jit(jax.value_and_grad(lambda p, e: learner.meta_loss(p, e, None)[0]))
+    loss, grads = vg(params, ep)
+    loop = [vg(params, jax.tree.map(lambda a: a[t:t + 1], ep)) for t in range(3)]
+    np.testing.assert_allclose(loss, np.mean([l for l, _ in loop]), rtol=2e-5, atol=1e-6)
+    chex.assert_trees_all_close(grads, jax.tree.map(lambda *g: sum(g) / 3, *[g for _, g in loop]), rtol=2e-4, atol=2e-6)
+    if name in ("maml", "fomaml", "metasgd"):  # head = the user vector: it moves, the item side does not
+      state = learner.adapt(params, ep.support._replace(x=jax.tree.map(lambda a: a[0], ep.support.x),
+                                                        y=ep.support.y[0], mask=ep.support.mask[0]))
+      assert {p[1] for p in state["fast"]} <= set(model.head_scopes)
+
+
+@pytest.mark.parametrize("name", ["neural_process", "in_context", "prototype", "matching"])
+def test_set_learners_with_factor_models_fail_clearly(setup, name):
+  _, _, content, _, _ = setup
+  model = create_model("cf", fields=content.fields, embed_dim=4, rank=4)
+  with pytest.raises(ValueError, match=f"{name} with --model=cf is not supported yet"):
+    create_learner(name, model)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import run_binary
+from conftest import TINY_RUN, run_binary
 from metarec_jax.data.tasks import SCENARIOS
 
 TINY = ["--dataset=synthetic", "--synthetic_users=120", "--synthetic_items=150", "--epochs=2",
@@ -58,17 +58,17 @@ def test_binary_ml100k_one_epoch(tmp_path, shared_data_dir):
   assert all(final["dataset"]["n_test_tasks"][s] > 20 for s in SCENARIOS)
 
 
-def test_binary_sharded_and_chunked_equals_plain(tmp_path):
-  runs = {}
-  for name, extra in (("plain", []), ("sharded", ["--devices=4", "--task_chunk=4"])):
-    workdir = str(tmp_path / name)
-    proc = run_binary("experiments.train", *TINY, "--baselines=item_mean", f"--workdir={workdir}",
-                      f"--compilation_cache_dir={tmp_path / 'cache'}", *extra)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs[name] = json.load(open(os.path.join(workdir, "final_metrics.json")))
+def test_binary_sharded_and_chunked_equals_plain(tmp_path, tiny_trained_run):
+  # The same flags as the shared tiny run, sharded over 4 devices in chunks of 4 tasks.
+  workdir = str(tmp_path / "sharded")
+  proc = run_binary("experiments.train", *TINY_RUN, f"--workdir={workdir}", "--devices=4", "--task_chunk=4",
+                    f"--compilation_cache_dir={tmp_path / 'cache'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
   assert os.listdir(tmp_path / "cache"), "the persistent compilation cache was not written"
+  plain = json.load(open(os.path.join(tiny_trained_run, "final_metrics.json")))
+  sharded = json.load(open(os.path.join(workdir, "final_metrics.json")))
   for scenario in SCENARIOS:
-    a, b = runs["plain"]["results"]["maml"][scenario], runs["sharded"]["results"]["maml"][scenario]
+    a, b = plain["results"]["maml"][scenario], sharded["results"]["maml"][scenario]
     if a["n_tasks"]:
       assert b["mae"] == pytest.approx(a["mae"], abs=1e-4), scenario
 

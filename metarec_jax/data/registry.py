@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from metarec_jax.data import movielens, synthetic
+from metarec_jax.data import csv_data, melu_ml1m, movielens, synthetic
 from metarec_jax.data.io import resolve_data_dir
 from metarec_jax.data.schema import Dataset
 
-DATASETS = ("synthetic", "ml-100k")
+DATASETS = ("synthetic", "ml-100k", "ml-1m", "csv")
 
 
 def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0, synthetic_users: int = 600,
-                 synthetic_items: int = 800) -> Dataset:
-  """Loads a dataset by name; real datasets are read from `data_dir` (or $METAREC_DATA_DIR)."""
+                 synthetic_items: int = 800, csv_ratings: str | None = None, csv_user_features: str | None = None,
+                 csv_item_features: str | None = None, csv_columns: tuple[str, ...] = (),
+                 csv_rating_scale: tuple[float, float] | None = None) -> Dataset:
+  """Loads a dataset by name; real datasets are read from `data_dir` (or $METAREC_DATA_DIR),
+  a user's own CSV files from the `csv_*` paths."""
+  if name == "csv":
+    if not csv_ratings:
+      raise ValueError("--dataset=csv needs --csv_ratings (a CSV with the header user,item,rating[,timestamp])")
+    return csv_data.load_csv(csv_ratings, user_features=csv_user_features, item_features=csv_item_features,
+                             columns=tuple(csv_columns), rating_scale=csv_rating_scale)
   if name == "synthetic":
     return synthetic.generate(n_users=synthetic_users, n_items=synthetic_items, seed=seed)
   if name == "ml-100k":
     return movielens.load_ml100k(resolve_data_dir(data_dir))
+  if name == "ml-1m":  # MeLU's protocol: its features and state files, the full ratings from the rda file
+    return melu_ml1m.load_melu_ml1m(resolve_data_dir(data_dir))
   raise ValueError(f"Unsupported dataset: {name!r}; choose one of {', '.join(DATASETS)}")

@@ -53,6 +53,10 @@ class Dataset:
   item_release: np.ndarray  # [n_items] float64 release time (unix seconds); nan if unknown
   item_titles: list[str] | None = None
   rating_scale: tuple[float, float] = (1.0, 5.0)
+  # A fixed cold-start split (a benchmark's own): {"new_item": bool [n_items], "new_users",
+  # "warm_users": index arrays}; None: split by time (data/tasks.py).
+  split_hint: dict | None = None
+  protocol_report: dict | None = None  # what a protocol loader checked (counts), for the logs
 
   @property
   def n_users(self) -> int:

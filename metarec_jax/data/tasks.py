@@ -94,6 +94,13 @@ class Scenarios:
 
 def split_users_items(ds: Dataset, cfg: TaskConfig, seed: int) -> ColdStartSplit:
   rng = np.random.default_rng([seed, 1])
+  if ds.split_hint is not None:  # a benchmark's own split: only the validation users are drawn here
+    warm = np.array(ds.split_hint["warm_users"], np.int32)
+    perm = rng.permutation(len(warm))
+    n_val = int(round(cfg.val_user_frac * len(warm)))
+    return ColdStartSplit(new_item=np.asarray(ds.split_hint["new_item"], bool), train_users=np.sort(warm[perm[n_val:]]),
+                          val_users=np.sort(warm[perm[:n_val]]),
+                          new_users=np.array(ds.split_hint["new_users"], np.int32))
   # Items: the newest `new_item_frac` by release date are new; unknown dates stay existing.
   release = np.nan_to_num(ds.item_release, nan=-np.inf)
   order = np.lexsort((np.arange(ds.n_items), release))
@@ -168,7 +175,10 @@ def build_scenarios(ds: Dataset, cfg: TaskConfig, seed: int) -> Scenarios:
   test = {
       "warm": _pack(warm_tasks, S, Q),
       "user_cold": _pack(tasks_for(split.new_users, False), S, Q),
-      "item_cold": _pack(tasks_for(split.train_users, True), S, Q),
+      # A benchmark's own split (MeLU's) tests new items on all its warm users; validation
+      # only ever reads the validation users' existing-item ratings.
+      "item_cold": _pack(tasks_for(split.train_users if ds.split_hint is None
+                                   else np.union1d(split.train_users, split.val_users), True), S, Q),
       "user_item_cold": _pack(tasks_for(split.new_users, True), S, Q),
   }
   tu = np.concatenate([np.full(len(it), u, np.int32) for u, it, _ in train_tasks]) if train_tasks else np.zeros(0, np.int32)

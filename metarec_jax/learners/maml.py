@@ -25,17 +25,26 @@ ADAPT_MODES = ("head", "last", "all")
 OUTPUT_SCOPE = "out"
 
 
-def adapt_mask(params: Any, mode: str) -> Any:
+def adapt_mask(params: Any, mode: str, head_scopes: tuple[str, ...] | None = None) -> Any:
   """Boolean pytree over `params`: True where the leaf adapts per task.
 
-  "head": every decision layer (not the embeddings; MeLU's local update).
-  "last": the output layer only. "all": every parameter.
+  "head": every decision layer (not the embeddings; MeLU's local update), or, for a model
+  that names its task-specific scopes (`head_scopes`, e.g. the cf model's user vector),
+  those scopes. "last": the output layer only. "all": every parameter.
   """
   if mode not in ADAPT_MODES:
     raise ValueError(f"Unsupported adapt mode: {mode!r}; choose one of {', '.join(ADAPT_MODES)}")
   flat = traverse_util.flatten_dict(params)
-  rule = {"all": lambda p: True, "head": lambda p: EMBED_SCOPE not in p, "last": lambda p: OUTPUT_SCOPE in p}[mode]
-  return traverse_util.unflatten_dict({p: rule(p) for p in flat})
+  if head_scopes is None:
+    head = lambda p: EMBED_SCOPE not in p  # noqa: E731
+  else:
+    head = lambda p: any(s in p for s in head_scopes)  # noqa: E731
+  rule = {"all": lambda p: True, "head": head, "last": lambda p: OUTPUT_SCOPE in p}[mode]
+  mask = {p: rule(p) for p in flat}
+  if mode == "last" and not any(mask.values()):
+    raise ValueError("adapt=last adapts the output layer 'out', which this model does not have; "
+                     "use --adapt=head or --adapt=all")
+  return traverse_util.unflatten_dict(mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +120,7 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
 
   def split(params):
     flat = {p: jnp.asarray(v) for p, v in traverse_util.flatten_dict(params).items()}
-    mask = traverse_util.flatten_dict(adapt_mask(params, adapt))
+    mask = traverse_util.flatten_dict(adapt_mask(params, adapt, getattr(model, "head_scopes", None)))
     fast = {p: v for p, v in flat.items() if mask[p]}
     return flat, fast
 
