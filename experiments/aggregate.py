@@ -20,7 +20,7 @@ from absl import flags
 from experiments import cli
 
 from metarec_jax.data.tasks import SCENARIOS
-from metarec_jax.writers import mean_std, write_json_atomic
+from metarec_jax.writers import mean_std, write_json_atomic, write_text_atomic
 
 flags.DEFINE_multi_string("runs", [], "Glob of run folders forming one group (repeatable).")
 flags.DEFINE_list("labels", [], "One label per --runs group (default: the glob).")
@@ -90,10 +90,7 @@ def main(argv):
   md = to_markdown(summary, FLAGS.metrics)
   print(md)
   if FLAGS.out:
-    tmp = FLAGS.out + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(md)
-    os.replace(tmp, FLAGS.out)
+    write_text_atomic(FLAGS.out, md)
     write_json_atomic(os.path.splitext(FLAGS.out)[0] + ".json", summary)
 
 

@@ -28,7 +28,7 @@ from metarec_jax.data.tasks import SCENARIOS
 from metarec_jax.learners import LEARNERS
 from metarec_jax.models import MODELS
 from metarec_jax.train import BASELINES, Config, train_and_evaluate
-from metarec_jax.writers import mean_std, write_json_atomic
+from metarec_jax.writers import mean_std, write_json_atomic, write_text_atomic
 
 DEFAULT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile", "neural_process", "in_context",
                     "prototype", "matching")
@@ -133,10 +133,7 @@ def main(argv):
     os.makedirs(FLAGS.out, exist_ok=True)
     write_json_atomic(os.path.join(FLAGS.out, "results.json"),
                       {"command": cmd, "total_s": total, "summary": summary, "runs": runs})
-    tmp = os.path.join(FLAGS.out, ".table.md.tmp")
-    with open(tmp, "w") as f:
-      f.write(header + md)
-    os.replace(tmp, os.path.join(FLAGS.out, "table.md"))
+    write_text_atomic(os.path.join(FLAGS.out, "table.md"), header + md)
     if FLAGS.report:
       report.write_report(FLAGS.out, md, cmd, total)
     print(header + md)

@@ -13,7 +13,6 @@ import dataclasses
 import glob
 import json
 import os
-import tempfile
 
 import matplotlib
 
@@ -21,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from metarec_jax import writers  # noqa: E402
 from metarec_jax.data.tasks import SCENARIOS  # noqa: E402
 
 METRIC_LABELS = {
@@ -416,20 +416,10 @@ def _colours(keys, cmap="tab20", lo=0.0):
 
 def save_figure(fig, path_stem: str, formats=("png", "svg"), dpi: int = 110) -> list[str]:
   """Writes <path_stem>.<fmt> for each format atomically; closes the figure; returns the paths."""
-  folder = os.path.dirname(os.path.abspath(path_stem))
-  os.makedirs(folder, exist_ok=True)
   out = []
   for fmt in formats:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f".{fmt}", dir=folder)
-    os.close(fd)
-    try:
+    with writers.atomic_path(f"{path_stem}.{fmt}") as tmp:
       fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
-      os.chmod(tmp, 0o644)
-      os.replace(tmp, f"{path_stem}.{fmt}")
-    except BaseException:
-      if os.path.exists(tmp):
-        os.unlink(tmp)
-      raise
     out.append(f"{path_stem}.{fmt}")
   plt.close(fig)
   return out

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
 
 import jax
 
-from metarec_jax import plots
+from metarec_jax import plots, writers
 from metarec_jax.data.tasks import SCENARIOS
 
 
@@ -52,9 +51,5 @@ def write_report(out_dir: str, table_md: str, command: str, total_s: float | Non
       lines += [f"![{name}]({os.path.relpath(png, out_dir)})", "", captions[name], ""]
   lines += ["## Tables", "", table_md]
   path = os.path.join(out_dir, "report.md")
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".md", dir=out_dir)
-  with os.fdopen(fd, "w") as f:
-    f.write("\n".join(lines))
-  os.chmod(tmp, 0o644)
-  os.replace(tmp, path)
+  writers.write_text_atomic(path, "\n".join(lines))
   return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,22 +35,35 @@ def mean_std(values) -> list | None:
   return [float(np.mean(values)), float(np.std(values)), len(values)] if values else None
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to a temp file in the same folder, then renames it over `path`."""
+@contextlib.contextmanager
+def atomic_path(path: str):
+  """Yields a temp path in `path`'s folder; renames it over `path` on success, removes it on error."""
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+  os.close(fd)
   try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
+    yield tmp
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  with atomic_path(path) as tmp, open(tmp, "w") as f:
+    f.write(text)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes JSON to a temp file in the same folder, then renames it over `path`."""
+  with atomic_path(path) as tmp, open(tmp, "w") as f:
+    json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
+    f.write("\n")
+    f.flush()
+    os.fsync(f.fileno())
 
 
 class MetricsLog:
@@ -70,9 +84,4 @@ class MetricsLog:
     with open(self.path) as f:
       keep = [line for line in f if line.strip() and json.loads(line).get("learner") != learner]
     keep += [json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in records]
-    folder = os.path.dirname(os.path.abspath(self.path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=folder)
-    with os.fdopen(fd, "w") as f:
-      f.writelines(keep)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, self.path)
+    write_text_atomic(self.path, "".join(keep))

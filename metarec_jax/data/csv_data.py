@@ -19,9 +19,8 @@ Duplicate (user, item) rows keep the last one in file order (counted in the log)
 from __future__ import annotations
 
 import numpy as np
-from absl import logging
 
-from metarec_jax.data.io import parse_float, parse_int, read_rows, require_file
+from metarec_jax.data.io import dedupe_keep_last, parse_float, parse_int, read_rows, require_file
 from metarec_jax.data.movielens import multihot_table
 from metarec_jax.data.schema import DataError, Dataset, FieldSpec
 
@@ -91,12 +90,7 @@ def load_csv(ratings_path: str, *, user_features: str | None = None, item_featur
       raise DataError(f"{ratings_path}:{line}: field 'rating' must be in [{lo:g}, {hi:g}], got {ratings[bad[0]]:g}")
   users, items = np.array(users, np.int32), np.array(items, np.int32)
   stamps = np.array(stamps, np.int64)
-  key = users.astype(np.int64) * len(item_index) + items
-  _, last_rev = np.unique(key[::-1], return_index=True)
-  keep = np.sort(len(key) - 1 - last_rev)
-  if len(keep) != len(key):
-    logging.warning("%s: %d duplicate (user, item) rows; kept the last of each", ratings_path, len(key) - len(keep))
-  users, items, ratings, stamps = users[keep], items[keep], ratings[keep], stamps[keep]
+  users, items, ratings, stamps = dedupe_keep_last(users, items, ratings, stamps, path=ratings_path)
 
   fields, features, titles = [], {}, None
   for path, side, index in ((user_features, "user", user_index), (item_features, "item", item_index)):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+from absl import logging
+
 from metarec_jax.data.schema import DataError
 
 DATA_DIR_ENV = "METAREC_DATA_DIR"
@@ -67,3 +70,13 @@ def parse_float(path: str, line: int, field: str, value: str) -> float:
   if out != out or out in (float("inf"), float("-inf")):
     raise DataError(f"{path}:{line}: field {field!r} must be a finite number, got {value!r}")
   return out
+
+
+def dedupe_keep_last(users, items, ratings, stamps, *, path: str):
+  """Duplicate (user, item) rows: keep the last one in file order, and log how many were dropped."""
+  key = users.astype(np.int64) * (int(items.max()) + 1) + items
+  _, last_rev = np.unique(key[::-1], return_index=True)
+  keep = np.sort(len(key) - 1 - last_rev)
+  if len(keep) != len(key):
+    logging.warning("%s: %d duplicate (user, item) rows; kept the last of each", path, len(key) - len(keep))
+  return users[keep], items[keep], ratings[keep], stamps[keep]

@@ -28,8 +28,8 @@ import warnings
 
 import numpy as np
 
-from metarec_jax.data.io import require_file
-from metarec_jax.data.movielens import AGE_EDGES, multihot_table  # noqa: F401 (AGE_EDGES: same buckets)
+from metarec_jax.data.io import parse_int, read_rows, require_file
+from metarec_jax.data.movielens import multihot_table
 from metarec_jax.data.schema import DataError, Dataset, FieldSpec
 
 MELU_SOURCE = ("MeLU's ML-1M files come from https://github.com/hoyeoplee/MeLU (movielens/ml-1m) and the full "
@@ -281,11 +281,9 @@ def _check_states(ds, states, warm_y, user_index, movie_index) -> dict:
 
 
 def _read_dat(path, n_fields, encoding):
-  from metarec_jax.data.io import read_rows
   rows = read_rows(path, sep="::", n_fields=n_fields, encoding=encoding, source=MELU_SOURCE)
   return [(line, [p.strip("\r") for p in parts]) for line, parts in rows]
 
 
 def _int(path, line, field, value):
-  from metarec_jax.data.io import parse_int
   return parse_int(path, line, field, value.strip())

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from metarec_jax.data.io import parse_float, parse_int, read_rows, require_file
+from metarec_jax.data.io import dedupe_keep_last, parse_float, parse_int, read_rows, require_file
 from metarec_jax.data.schema import DataError, Dataset, FieldSpec
 
 ML100K_SOURCE = ("MovieLens-100K comes from GroupLens (https://grouplens.org/datasets/movielens/100k/, "
@@ -116,7 +116,7 @@ def load_ml100k(data_dir: str) -> Dataset:
       raise DataError(f"{data_path}:{line}: field 'rating' must be in [1, 5], got {r!r}")
     users[j], items[j], ratings[j] = user_index[uid], item_index[iid], rating
     stamps[j] = parse_int(data_path, line, "timestamp", t)
-  users, items, ratings, stamps = _dedupe(users, items, ratings, stamps, data_path)
+  users, items, ratings, stamps = dedupe_keep_last(users, items, ratings, stamps, path=data_path)
 
   fields = (
       FieldSpec("user/age", "categorical", N_AGE_BUCKETS),
@@ -148,14 +148,3 @@ def _index(raw_ids: list[int], path: str, field: str) -> dict[int, int]:
       raise DataError(f"{path}: {field} {rid} appears twice (rows {index[rid] + 1} and {j + 1})")
     index[rid] = j
   return index
-
-
-def _dedupe(users, items, ratings, stamps, path):
-  """Duplicate (user, item) rows: keep the last one in file order."""
-  key = users.astype(np.int64) * (int(items.max()) + 1) + items
-  _, last_rev = np.unique(key[::-1], return_index=True)
-  keep = np.sort(len(key) - 1 - last_rev)
-  if len(keep) != len(key):
-    from absl import logging
-    logging.warning("%s: %d duplicate (user, item) rows; kept the last of each", path, len(key) - len(keep))
-  return users[keep], items[keep], ratings[keep], stamps[keep]

@@ -80,6 +80,7 @@ class ColdStartSplit:
   train_users: np.ndarray  # existing users used for meta-training
   val_users: np.ndarray  # existing users held out for selection
   new_users: np.ndarray  # test users of the user-cold scenarios
+  item_cold_users: np.ndarray  # existing users tested on new items (item-cold scenario)
 
 
 @dataclasses.dataclass
@@ -98,9 +99,10 @@ def split_users_items(ds: Dataset, cfg: TaskConfig, seed: int) -> ColdStartSplit
     warm = np.array(ds.split_hint["warm_users"], np.int32)
     perm = rng.permutation(len(warm))
     n_val = int(round(cfg.val_user_frac * len(warm)))
+    # MeLU tests new items on every warm user (validation reads only existing-item ratings).
     return ColdStartSplit(new_item=np.asarray(ds.split_hint["new_item"], bool), train_users=np.sort(warm[perm[n_val:]]),
                           val_users=np.sort(warm[perm[:n_val]]),
-                          new_users=np.array(ds.split_hint["new_users"], np.int32))
+                          new_users=np.array(ds.split_hint["new_users"], np.int32), item_cold_users=np.sort(warm))
   # Items: the newest `new_item_frac` by release date are new; unknown dates stay existing.
   release = np.nan_to_num(ds.item_release, nan=-np.inf)
   order = np.lexsort((np.arange(ds.n_items), release))
@@ -121,7 +123,8 @@ def split_users_items(ds: Dataset, cfg: TaskConfig, seed: int) -> ColdStartSplit
   existing = rng.permutation(existing)
   n_val = int(round(cfg.val_user_frac * len(existing)))
   return ColdStartSplit(new_item=new_item, train_users=np.sort(existing[n_val:]),
-                        val_users=np.sort(existing[:n_val]), new_users=new_users)
+                        val_users=np.sort(existing[:n_val]), new_users=new_users,
+                        item_cold_users=np.sort(existing[n_val:]))
 
 
 def build_scenarios(ds: Dataset, cfg: TaskConfig, seed: int) -> Scenarios:
@@ -175,10 +178,7 @@ def build_scenarios(ds: Dataset, cfg: TaskConfig, seed: int) -> Scenarios:
   test = {
       "warm": _pack(warm_tasks, S, Q),
       "user_cold": _pack(tasks_for(split.new_users, False), S, Q),
-      # A benchmark's own split (MeLU's) tests new items on all its warm users; validation
-      # only ever reads the validation users' existing-item ratings.
-      "item_cold": _pack(tasks_for(split.train_users if ds.split_hint is None
-                                   else np.union1d(split.train_users, split.val_users), True), S, Q),
+      "item_cold": _pack(tasks_for(split.item_cold_users, True), S, Q),
       "user_item_cold": _pack(tasks_for(split.new_users, True), S, Q),
   }
   tu = np.concatenate([np.full(len(it), u, np.int32) for u, it, _ in train_tasks]) if train_tasks else np.zeros(0, np.int32)
