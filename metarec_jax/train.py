@@ -331,11 +331,15 @@ def warm_start(learner: Learner, params, pooled):
   """Starts a learner from the network trained on pooled ratings (`--init=pooled`).
 
   Optimisation-based learners take the whole network (extra meta-parameters such as
-  Meta-SGD's rates stay as initialised). Model- and metric-based learners embed a
-  (user, item) pair with the same field tables as the content model, so they take its
-  embedding tables. Baselines are returned unchanged.
+  Meta-SGD's rates stay as initialised), and so do the model- and metric-based learners on
+  the cf / hybrid models (their "model" is that network; the set encoder stays as
+  initialised, which outputs no change of the user vector). On the content model they embed
+  a (user, item) pair with the same field tables, so they take its embedding tables.
+  Baselines are returned unchanged.
   """
-  if learner.family == "optimisation":
+  same_network = ("model" in params and jax.tree.structure(params["model"]) == jax.tree.structure(pooled["model"])
+                  and jax.tree.map(jnp.shape, params["model"]) == jax.tree.map(jnp.shape, pooled["model"]))
+  if learner.family == "optimisation" or (learner.family in ("model", "metric") and same_network):
     return {**params, "model": jax.tree.map(jnp.copy, pooled["model"])}
   if learner.family not in ("model", "metric"):
     return params

@@ -109,8 +109,19 @@ def learning_setup():
   support = create_learner("support_mean")
   refs = {"pooled": evaluate(pooled, pooled_params),
           "support_mean": evaluate(support, support.init(None, example, ctx))}
+  cf_cache = {}
+
+  def cf():
+    """The cf model and its pooled network, trained once for the tests that use them."""
+    if not cf_cache:
+      cf_model = create_model("cf", fields=fields, embed_dim=8, rank=8, output_bias=mu, linear=True)
+      cf_pooled = create_learner("pooled", cf_model)
+      cf_cache["v"] = cf_model, fit(cf_pooled, cf_pooled.init(jax.random.key(0), example, ctx), data, scen, config,
+                                    log=None, predict_fn=make_predict_fn(cf_pooled))[0]
+    return cf_cache["v"]
+
   return dict(data=data, scen=scen, ctx=ctx, model=model, config=config, example=example, evaluate=evaluate,
-              refs=refs, pooled_params=pooled_params)
+              refs=refs, pooled_params=pooled_params, cf=cf)
 
 
 @pytest.mark.parametrize("name", META)
@@ -128,11 +139,7 @@ def test_learner_learns_where_adaptation_must_help(learning_setup, name):
 
 def test_cf_model_learns_with_maml_where_adaptation_must_help(learning_setup):
   s = learning_setup
-  mu = float(s["scen"].train_ratings[2].mean())
-  model = create_model("cf", fields=s["ctx"].fields, embed_dim=8, rank=8, output_bias=mu, linear=True)
-  pooled = create_learner("pooled", model)
-  pooled_params, _ = fit(pooled, pooled.init(jax.random.key(0), s["example"], s["ctx"]), s["data"], s["scen"],
-                         s["config"], log=None, predict_fn=make_predict_fn(pooled))
+  model, pooled_params = s["cf"]()
   learner = make("maml", model)
   params = warm_start(learner, learner.init(jax.random.key(0), s["example"], s["ctx"]), pooled_params)
   params, _ = fit(learner, params, s["data"], s["scen"], s["config"], log=None, predict_fn=make_predict_fn(learner))
@@ -159,9 +166,90 @@ def test_factor_models_vmap_equals_loop_with_gradient_learners(setup, kind, name
       assert {p[1] for p in state["fast"]} <= set(model.head_scopes)
 
 
-@pytest.mark.parametrize("name", ["neural_process", "in_context", "prototype", "matching"])
-def test_set_learners_with_factor_models_fail_clearly(setup, name):
-  _, _, content, _, _ = setup
-  model = create_model("cf", fields=content.fields, embed_dim=4, rank=4)
-  with pytest.raises(ValueError, match=f"{name} with --model=cf is not supported yet"):
-    create_learner(name, model)
+SET = ("neural_process", "in_context", "prototype", "matching")
+
+
+@pytest.mark.parametrize("kind", ["cf", "hybrid"])
+@pytest.mark.parametrize("name", SET)
+def test_set_learners_with_factor_models_vmap_equals_loop_and_are_deterministic(setup, kind, name):
+  _, scen, content, ctx, tables = setup
+  model = create_model(kind, fields=content.fields, embed_dim=4, hidden=(8,), rank=4, output_bias=3.5, linear=True)
+  learner = create_learner(name, model)
+  ep = episode_batch(tables, scen.train, 3)
+  params = learner.init(jax.random.key(0), ep, ctx)
+  assert set(params) == {"model", "enc"}
+  # Make the encoder's output non-zero (it starts at "no change of the user vector").
+  leaves, tree = jax.tree.flatten(params["enc"])
+  keys = jax.random.split(jax.random.key(9), len(leaves))
+  params = {**params, "enc": jax.tree.unflatten(tree, [a + 0.02 * jax.random.normal(k, a.shape)
+                                                       for a, k in zip(leaves, keys)])}
+  vg = jax.jit(jax.value_and_grad(lambda p, e: learner.meta_loss(p, e, jax.random.key(0))[0]))
+  loss, grads = vg(params, ep)
+  loop = [vg(params, jax.tree.map(lambda a: a[t:t + 1], ep)) for t in range(3)]
+  np.testing.assert_allclose(loss, np.mean([l for l, _ in loop]), rtol=2e-5, atol=1e-6)
+  chex.assert_trees_all_close(grads, jax.tree.map(lambda *g: sum(g) / 3, *[g for _, g in loop]), rtol=2e-4, atol=2e-5)
+  assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["enc"]))
+  # The adapted state is the user vector change; a query's rating moves by alpha * (<dp, q> + db).
+  t0 = jax.tree.map(lambda a: a[0], ep)
+  state = learner.adapt(params, t0.support)
+  assert state["dp"].shape == (4,) and state["db"].shape == ()
+  parts = model.apply(params["model"], t0.query.x, parts=True)
+  np.testing.assert_allclose(learner.predict(params, state, t0.query.x),
+                             parts["pred"] + parts["alpha"] * (parts["q"] @ state["dp"] + state["db"]), rtol=1e-5)
+  fn = make_predict_fn(learner)
+  np.testing.assert_allclose(predict_episodes(fn, params, tables, scen.val, 16),
+                             predict_episodes(fn, params, tables, scen.val, 5), rtol=1e-5, atol=1e-5)
+
+
+def _one_cf_task(setup, name):
+  """A cf model, the set learner `name` on it, its initial parameters and one training task."""
+  _, scen, content, ctx, tables = setup
+  model = create_model("cf", fields=content.fields, embed_dim=4, rank=4, output_bias=3.5, linear=True)
+  learner = create_learner(name, model)
+  ep = episode_batch(tables, scen.train, 1)
+  return model, learner, learner.init(jax.random.key(0), ep, ctx), jax.tree.map(lambda a: a[0], ep)
+
+
+def test_factor_matching_is_the_closed_form_user_vector(setup):
+  model, learner, params, t0 = _one_cf_task(setup, "matching")
+  parts = model.apply(params["model"], t0.support.x, parts=True)
+  m = np.asarray(t0.support.mask, np.float64)
+  e = m * (np.asarray(t0.support.y) - np.asarray(parts["pred"]))
+  q = np.asarray(parts["q"], np.float64)
+  M = 0.3 * np.eye(4)
+  lam = np.log1p(np.e)  # softplus(1)
+  state = learner.adapt(params, t0.support)
+  np.testing.assert_allclose(state["dp"], M.T @ M @ (e @ q) / (m.sum() + lam), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(state["db"], e.sum() / (m.sum() + lam), rtol=1e-4, atol=1e-6)
+
+
+def test_factor_prototype_builds_one_prototype_per_rating_level(setup):
+  model, learner, params, t0 = _one_cf_task(setup, "prototype")
+  a = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+  c = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
+  params = {**params, "enc": {"params": {**params["enc"]["params"], "level_weight": jnp.asarray(a),
+                                         "level_bias": jnp.asarray(c)}}}
+  q = np.asarray(model.apply(params["model"], t0.support.x, parts=True)["q"], np.float64)
+  y, m = np.asarray(t0.support.y), np.asarray(t0.support.mask)
+  dp, db, n = np.zeros(4), 0.0, 0
+  for level, (al, cl) in enumerate(zip(a, c), start=1):
+    member = m & (np.round(y) == level)
+    if member.any():
+      dp += al * q[member].mean(0)
+      db += cl * member.sum()
+      n += member.sum()
+  state = learner.adapt(params, t0.support)
+  np.testing.assert_allclose(state["dp"], dp, rtol=1e-4, atol=1e-6)  # metric starts at the identity
+  np.testing.assert_allclose(state["db"], db / n, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", SET)
+def test_set_learners_on_cf_learn_where_adaptation_must_help(learning_setup, name):
+  s = learning_setup
+  model, pooled_params = s["cf"]()
+  learner = create_learner(name, model)
+  params = warm_start(learner, learner.init(jax.random.key(0), s["example"], s["ctx"]), pooled_params)
+  chex.assert_trees_all_equal(params["model"], pooled_params["model"])
+  params, _ = fit(learner, params, s["data"], s["scen"], s["config"], log=None, predict_fn=make_predict_fn(learner))
+  mae = s["evaluate"](learner, params)
+  assert mae < 0.97 * s["refs"]["pooled"] and mae < 0.97 * s["refs"]["support_mean"], (mae, s["refs"])

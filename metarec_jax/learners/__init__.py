@@ -20,12 +20,6 @@ def create_learner(name: str, model=None, *, inner_lr: float = 0.1, inner_steps:
   if name in FOLDIN:
     return make_foldin(name, **options)
   if name in SET_LEARNERS:
-    kind = getattr(model, "kind", None)
-    if kind in ("cf", "hybrid"):
-      raise ValueError(
-          f"{name} with --model={kind} is not supported yet: the model- and metric-based learners read the support "
-          f"set through their own pair encoder and do not infer the {kind} model's user vector; use --model=content "
-          "with them, or an optimisation-based learner (maml, fomaml, metasgd, anil, reptile) with the cf/hybrid model")
     return make_set_learner(name, model, **options)
   if name in ("maml", "fomaml", "metasgd", "anil"):
     # anil: MeLU's local update, the decision layers only (--adapt=last adapts the output layer only).

@@ -15,6 +15,10 @@ based learners adapt per task (`head_scopes`). Without user features p_u = p_0.
 
 hybrid: alpha is fixed (`alpha`) or learned as sigmoid of a meta-parameter in the "mix"
 scope (`alpha=None`); with `adapt_alpha` it is also adapted per task.
+
+Model- and metric-based learners do not take gradient steps: they read the support set
+(item vectors q_j and the residuals y_j - r_uj of the meta-learned initial user) and output
+the change of the user vector and bias (learners/set_models.py, `make_factor_set_learner`).
 """
 
 from __future__ import annotations
@@ -75,7 +79,10 @@ class FactorModel(nn.Module):
     return scopes + ((MIX_SCOPE,) if self.adapt_alpha and self.alpha is None else ())
 
   @nn.compact
-  def __call__(self, x: dict[str, jnp.ndarray]) -> jnp.ndarray:
+  def __call__(self, x: dict[str, jnp.ndarray], parts: bool = False):
+    """Ratings [...]; with `parts`, also what a set learner needs to move the user vector:
+    {"pred": ratings, "q": item vectors [..., rank], "alpha": weight of the CF part [...]}.
+    A user-vector change (dp, db) changes the ratings by alpha * (<dp, q> + db)."""
     if self.kind not in ("cf", "hybrid"):
       raise ValueError(f"FactorModel kind must be 'cf' or 'hybrid', got {self.kind!r}")
     h, bias = Embeddings(self.fields, self.embed_dim, self.linear, name=EMBED_SCOPE)(x)
@@ -93,7 +100,7 @@ class FactorModel(nn.Module):
     p = p0 + (nn.Dense(self.rank, use_bias=False, name="user_proj")(users) if users is not None else 0.0)
     r_cf = (p * q).sum(-1) + b0
     if self.kind == "cf":
-      out = r_cf
+      out, alpha = r_cf, 1.0
     else:
       g = h
       for i, width in enumerate(self.hidden):
@@ -101,4 +108,7 @@ class FactorModel(nn.Module):
       r_content = nn.Dense(1, name="out")(g)[..., 0]
       alpha = Mix(name=MIX_SCOPE)() if self.alpha is None else self.alpha
       out = alpha * r_cf + (1.0 - alpha) * r_content
-    return out + bias + self.output_bias
+    out = out + bias + self.output_bias
+    if parts:
+      return {"pred": out, "q": q, "alpha": jnp.broadcast_to(jnp.asarray(alpha, out.dtype), out.shape)}
+    return out
