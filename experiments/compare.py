@@ -20,7 +20,7 @@ import time
 
 from absl import app, flags, logging
 
-from experiments import runtime_flags
+from experiments import label_flags, runtime_flags  # label_flags: --label, --label_threshold, --lastfm_protocol
 
 from metarec_jax import report
 from metarec_jax.data import DATASETS, DataError
@@ -37,6 +37,8 @@ _D = Config()
 flags.DEFINE_enum("dataset", "synthetic", list(DATASETS), "Dataset.")
 flags.DEFINE_string("data_dir", None, "Folder holding the dataset folders (default: $METAREC_DATA_DIR).")
 flags.DEFINE_enum("model", _D.model, list(MODELS), "Recommender model (content, cf or hybrid).")
+flags.DEFINE_bool("item_id_feature", _D.item_id_feature, "Add an item-id embedding (unknown id for new items).")
+flags.DEFINE_list("ndcg_ks", [str(k) for k in _D.ndcg_ks], "Cut-offs of nDCG (and P/R@k for binary labels).")
 flags.DEFINE_integer("rank", _D.rank, "cf / hybrid: size of the user and item vectors.")
 flags.DEFINE_float("hybrid_alpha", _D.hybrid_alpha, "hybrid: fixed weight of the CF part (unset: learned).")
 flags.DEFINE_list("learners", list(DEFAULT_LEARNERS), f"Meta-learners to compare (from {', '.join(LEARNERS)}).")
@@ -54,6 +56,18 @@ flags.DEFINE_string("out", "runs/compare", "Output folder.")
 FLAGS = flags.FLAGS
 
 METRICS = ("mae", "rmse", "ndcg@3", "ndcg@5")
+BINARY_METRICS = ("auc", "logloss", "precision@5", "recall@5", "ndcg@5")  # binary labels (implicit data)
+
+
+def table_metrics(runs: list[dict]) -> tuple[tuple[str, ...], str]:
+  """The table's metrics and the few-shot curve's metric: rating metrics, or the binary ones
+  when the runs have binary labels (no MAE)."""
+  for r in runs:
+    for res in r["final"]["results"].values():
+      for m in res.values():
+        if m.get("n_tasks"):
+          return (METRICS, "mae") if "mae" in m else (BINARY_METRICS, "auc")
+  return METRICS, "mae"
 
 
 def fmt(ms, digits=3):
@@ -68,12 +82,13 @@ def build_table(runs: list[dict], learners: list[str], ks: list[int]) -> tuple[s
     for n in r["final"]["results"]:
       if n not in names:
         names.append(n)
+  metrics, curve_metric = table_metrics(runs)
   summary = {"results": {}, "few_shot": {}, "timing": {}}
   for n in names:
     summary["results"][n] = {s: {m: mean_std([r["final"]["results"][n][s].get(m) for r in runs
-                                                if n in r["final"]["results"]]) for m in METRICS}
+                                                if n in r["final"]["results"]]) for m in metrics}
                              for s in SCENARIOS}
-    summary["few_shot"][n] = {str(k): mean_std([r["final"]["few_shot_user_cold"].get(n, {}).get(str(k), {}).get("mae")
+    summary["few_shot"][n] = {str(k): mean_std([r["final"]["few_shot_user_cold"].get(n, {}).get(str(k), {}).get(curve_metric)
                                                 for r in runs if n in r["final"]["few_shot_user_cold"]]) for k in ks}
   for n in learners:
     mine = [r for r in runs if r["learner"] == n]
@@ -81,13 +96,13 @@ def build_table(runs: list[dict], learners: list[str], ks: list[int]) -> tuple[s
     summary["timing"][n] = {"wall_s": mean_std([r["wall_s"] for r in mine]),
                             "tasks_per_s": mean_std([t.get("tasks_per_s") for t in tr])}
   lines = []
-  for m in METRICS:
+  for m in metrics:
     lines += [f"### {m} (mean ± std over seeds)", "", "| learner | family | " + " | ".join(SCENARIOS) + " |",
               "|---|---|" + "---|" * len(SCENARIOS)]
     for n in names:
       lines.append(f"| {n} | {families[n]} | " + " | ".join(fmt(summary["results"][n][s][m]) for s in SCENARIOS) + " |")
     lines.append("")
-  lines += ["### user-cold MAE against support size k (few-shot curve)", "",
+  lines += [f"### user-cold {curve_metric.upper()} against support size k (few-shot curve)", "",
             "| learner | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
   for n in names:
     lines.append(f"| {n} | " + " | ".join(fmt(summary["few_shot"][n][str(k)]) for k in ks) + " |")
@@ -113,7 +128,9 @@ def main(argv):
     for seed in seeds:
       for j, name in enumerate(FLAGS.learners):
         config = Config(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, learner=name, seed=seed, model=FLAGS.model,
-                        rank=FLAGS.rank, hybrid_alpha=FLAGS.hybrid_alpha,
+                        rank=FLAGS.rank, hybrid_alpha=FLAGS.hybrid_alpha, label=FLAGS.label,
+                        label_threshold=FLAGS.label_threshold, lastfm_protocol=FLAGS.lastfm_protocol,
+                        ndcg_ks=tuple(int(k) for k in FLAGS.ndcg_ks), item_id_feature=FLAGS.item_id_feature,
                         epochs=FLAGS.epochs, patience=FLAGS.patience,
                         baselines=tuple(FLAGS.baselines) if j == 0 else (),
                         few_shot_ks=tuple(ks), few_shot_scenarios=tuple(FLAGS.few_shot_scenarios),
@@ -123,8 +140,10 @@ def main(argv):
         t0 = time.perf_counter()
         final = train_and_evaluate(config, os.path.join(FLAGS.out, f"{name}_seed{seed}"))
         runs.append({"learner": name, "seed": seed, "final": final, "wall_s": time.perf_counter() - t0})
-        logging.info("%s seed %d: user-cold MAE %.4f (%.0fs)", name, seed,
-                     final["results"][name]["user_cold"].get("mae", float("nan")), runs[-1]["wall_s"])
+        cold = final["results"][name]["user_cold"]
+        logging.info("%s seed %d: user-cold %s (%.0fs)", name, seed,
+                     f"MAE {cold['mae']:.4f}" if "mae" in cold else f"AUC {cold.get('auc', float('nan')):.4f}",
+                     runs[-1]["wall_s"])
     md, summary = build_table(runs, FLAGS.learners, ks)
     total = time.perf_counter() - t_start
     cmd = "python -m experiments.compare " + " ".join(sys.argv[1:])

@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments import runtime_flags
+from experiments import label_flags, runtime_flags  # label_flags: --label, --label_threshold, --lastfm_protocol
 
 from metarec_jax.data import DATASETS, DataError
 from metarec_jax.learners import ADAPT_MODES, LEARNERS
@@ -81,7 +81,8 @@ def config_from_flags() -> Config:
       csv_ratings=FLAGS.csv_ratings, csv_user_features=FLAGS.csv_user_features,
       csv_item_features=FLAGS.csv_item_features, csv_columns=tuple(FLAGS.csv_columns),
       csv_rating_scale=tuple(_floats("csv_rating_scale", FLAGS.csv_rating_scale)) if FLAGS.csv_rating_scale else None,
-      synthetic_items=FLAGS.synthetic_items, model=FLAGS.model, learner=FLAGS.learner, rank=FLAGS.rank,
+      synthetic_items=FLAGS.synthetic_items, label=FLAGS.label, label_threshold=FLAGS.label_threshold,
+      lastfm_protocol=FLAGS.lastfm_protocol, model=FLAGS.model, learner=FLAGS.learner, rank=FLAGS.rank,
       hybrid_alpha=FLAGS.hybrid_alpha, adapt_alpha=FLAGS.adapt_alpha,
       inner_steps=FLAGS.inner_steps, inner_lr=FLAGS.inner_lr, outer_lr=FLAGS.outer_lr,
       meta_batch_size=FLAGS.meta_batch_size, epochs=FLAGS.epochs, patience=FLAGS.patience, adapt=FLAGS.adapt,
@@ -108,6 +109,12 @@ def _ints(name: str, values: list[str]) -> list[int]:
     raise ValueError(f"--{name} must be a comma-separated list of integers, got {','.join(values)!r}") from None
 
 
+def _headline(m: dict) -> str:
+  if "mae" in m:
+    return f"MAE {m['mae']:.4f} nDCG@3 {m.get('ndcg@3', float('nan')):.4f}"
+  return f"AUC {m['auc']:.4f} logloss {m['logloss']:.4f}"
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -119,8 +126,7 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   for name, res in final["results"].items():
-    row = "  ".join(f"{s}: MAE {m.get('mae', float('nan')):.4f} nDCG@3 {m.get('ndcg@3', float('nan')):.4f}"
-                    for s, m in res.items())
+    row = "  ".join(f"{s}: {_headline(m)}" for s, m in res.items() if m.get("n_tasks"))
     logging.info("%-13s %s", name, row)
   print(f"wrote {FLAGS.workdir}/final_metrics.json ({final['timing']['total_s']:.1f}s)")
 

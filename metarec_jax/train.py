@@ -15,17 +15,20 @@ import numpy as np
 import optax
 from absl import logging
 
-from metarec_jax import metrics as metrics_lib
 from metarec_jax import runtime, writers
+from metarec_jax.labels import LABELS, LINKS, LabelSpec
 from metarec_jax.checkpoint import FitCheckpoints, checkpoint_dir
 from metarec_jax.data import load_dataset
-from metarec_jax.data.features import ITEM_ID_FIELD, feature_tables, featurize
+from metarec_jax.data.features import ITEM_ID_FIELD, feature_tables, featurize, leave_own_out
 from metarec_jax.data.tasks import SCENARIOS, Episodes, TaskConfig, build_scenarios
 from metarec_jax.learners import FitContext, Learner, create_learner
+from metarec_jax.learners.baselines import TRIVIAL
 from metarec_jax.learners.base import Batch, Episode
 from metarec_jax.models import create_model
 
 BASELINES = ("global_mean", "item_mean", "support_mean", "pooled", "finetune", "bias_foldin", "als_foldin")
+# Also available on request: item popularity (a ranking baseline, for implicit feedback).
+ALL_BASELINES = BASELINES + ("popularity",)
 # Hyperparameter grids of the baselines, chosen on the validation users.
 SELECTION_GRIDS = {
     "finetune": tuple({"inner_lr": lr, "inner_steps": steps} for lr in (0.003, 0.01, 0.03, 0.1, 0.3) for steps in (1, 5)),
@@ -47,6 +50,9 @@ class Config:
   csv_item_features: str | None = None
   csv_columns: tuple[str, ...] = ()  # feature column types, "name:categorical|multihot:SEP|numeric|title"
   csv_rating_scale: tuple[float, ...] | None = None  # (lo, hi); default: the observed range
+  lastfm_protocol: str = "episodes"  # --dataset=lastfm: TaNP's exact episodes, or "fresh" (its split recipe)
+  label: str | None = None  # rating | scaled | binary (None: binary for implicit-feedback data, else rating)
+  label_threshold: float = 4.0  # binary labels: rating >= threshold is positive
   model: str = "content"
   rank: int = 32  # cf / hybrid: size of the user and item vectors
   hybrid_alpha: float | None = None  # hybrid: fixed weight of the CF part (None: learned)
@@ -108,6 +114,7 @@ class Config:
         (0 <= self.id_dropout < 1, f"id_dropout must be in [0, 1), got {self.id_dropout}"),
         (self.eval_chunk > 0, f"eval_chunk must be > 0, got {self.eval_chunk}"),
         (self.init in ("pooled", "scratch"), f"init must be 'pooled' or 'scratch', got {self.init!r}"),
+        (self.label is None or self.label in LABELS, f"label must be one of {', '.join(LABELS)}, got {self.label!r}"),
         (self.devices >= 0, f"devices must be >= 0 (0: all), got {self.devices}"),
         (self.task_chunk >= 0, f"task_chunk must be >= 0, got {self.task_chunk}"),
         (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
@@ -134,8 +141,8 @@ class Config:
       if k < 1:
         raise ValueError(f"few-shot support sizes must be >= 1, got {k}")
     for b in self.baselines:
-      if b not in BASELINES:
-        raise ValueError(f"Unsupported baseline: {b!r}; choose from {', '.join(BASELINES)}")
+      if b not in ALL_BASELINES:
+        raise ValueError(f"Unsupported baseline: {b!r}; choose from {', '.join(ALL_BASELINES)}")
     self.task_config()
 
 
@@ -153,8 +160,10 @@ def create_train_state(rng, params, tx) -> MetaTrainState:
 
 def featurize_episodes(tables: dict, ep: dict) -> Episode:
   """Padded index arrays ([task, S] / [task, Q]) -> featurised Episode."""
-  sx = featurize(tables, ep["user"], ep["support_item"])
-  qx = featurize(tables, ep["user"], ep["query_item"])
+  sx = leave_own_out(tables, featurize(tables, ep["user"], ep["support_item"]), ep["user"], ep["support_item"],
+                     ep["support_rating"], ep["support_mask"])
+  qx = leave_own_out(tables, featurize(tables, ep["user"], ep["query_item"]), ep["user"], ep["query_item"],
+                     ep["query_rating"], ep["query_mask"])
   return Episode(Batch(sx, ep["support_rating"], ep["support_mask"]),
                  Batch(qx, ep["query_rating"], ep["query_mask"]))
 
@@ -171,19 +180,27 @@ def drop_item_ids(rng, episode: Episode, rate: float) -> Episode:
 
 
 def redraw_support_query(rng, ep: dict) -> dict:
-  """Re-splits each task's ratings into a fresh random query (same size) and support.
+  """Re-splits each task's ratings into a fresh random query (of the task's own query size)
+  and support.
 
-  Fixed shapes: the pooled [task, S + Q] ratings are ordered by random keys (padding
-  last), the first Q become the query and the rest the support.
+  Fixed shapes: the pooled [task, Q + S] ratings are ordered by random keys (padding
+  last); the first n_q (the task's query count) become the query, the next the support.
   """
-  Q = ep["query_item"].shape[1]
+  Q, S = ep["query_item"].shape[1], ep["support_item"].shape[1]
+  n_q = ep["query_mask"].sum(1, keepdims=True)
   pool = {k: jnp.concatenate([ep[f"query_{k}"], ep[f"support_{k}"]], axis=1) for k in ("item", "rating", "mask")}
   keys = jnp.where(pool["mask"], jax.random.uniform(rng, pool["mask"].shape), 2.0)
   order = jnp.argsort(keys, axis=1)
   pool = {k: jnp.take_along_axis(v, order, axis=1) for k, v in pool.items()}
+  in_query = jnp.arange(Q)[None, :] < n_q
+  support_idx = jnp.minimum(n_q + jnp.arange(S)[None, :], Q + S - 1)
+  in_support = (n_q + jnp.arange(S)[None, :]) < Q + S
   out = dict(ep)
   for k, v in pool.items():
-    out[f"query_{k}"], out[f"support_{k}"] = v[:, :Q], v[:, Q:]
+    q, sup = v[:, :Q], jnp.take_along_axis(v, support_idx, axis=1)
+    if k == "mask":
+      q, sup = q & in_query, sup & in_support
+    out[f"query_{k}"], out[f"support_{k}"] = q, sup
   return out
 
 
@@ -274,13 +291,16 @@ def run_epoch(step_fn: Callable, state: MetaTrainState, data: dict, order: jnp.n
 
 
 def make_predict_fn(learner: Learner) -> Callable:
-  """predict(params, tables, episodes) -> [task, Q] query predictions, vmapped and jitted."""
+  """predict(params, tables, episodes) -> [task, Q] query predictions in label space (through
+  the learner's link: probabilities for binary labels), vmapped and jitted."""
+
+  link = LINKS[learner.link]
 
   def run(params, tables, ep):
     episode = featurize_episodes(tables, ep)
 
     def one(support, qx):
-      return learner.predict(params, learner.adapt(params, support), qx)
+      return link(learner.predict(params, learner.adapt(params, support), qx))
 
     return jax.vmap(one)(episode.support, episode.query.x)
 
@@ -316,12 +336,13 @@ def predict_episodes(predict_fn, params, tables, episodes: Episodes, chunk: int,
   return np.asarray(jnp.concatenate(outs))[:T]
 
 
-def score(pred: np.ndarray, episodes: Episodes, ks=(1, 3, 5), scale: tuple[float, float] | None = None) -> dict[str, float]:
-  """Query metrics of [task, Q] predictions; with `scale`, errors use predictions clipped to it."""
+def score(pred: np.ndarray, episodes: Episodes, ks=(1, 3, 5), label: LabelSpec | None = None) -> dict[str, float]:
+  """Query metrics of [task, Q] label-space predictions (labels.LabelSpec.score; default:
+  ratings on the 1-5 scale, errors of predictions clipped to it)."""
   if len(episodes) == 0:
     return {"n_tasks": 0}
-  m = metrics_lib.rating_metrics(jnp.asarray(pred), jnp.asarray(episodes.query_rating),
-                                 jnp.asarray(episodes.query_mask), ks=ks, scale=scale)
+  label = label or LabelSpec()
+  m = label.score(jnp.asarray(pred), jnp.asarray(episodes.query_rating), jnp.asarray(episodes.query_mask), ks=ks)
   out = {k: float(v) for k, v in m.items()}
   out["n_tasks"] = len(episodes)
   return out
@@ -371,7 +392,9 @@ def fit(learner: Learner, params, data: dict, scen, config: Config, *, log: writ
 def _fit(learner: Learner, params, data: dict, scen, config: Config, *, log: writers.MetricsLog | None,
          predict_fn: Callable, ckpt: FitCheckpoints | None = None, resume: bool = False,
          exit_at_step: int | None = None) -> tuple[Any, dict]:
-  """Meta-trains `learner` with Adam; returns the params that are best on validation MAE.
+  """Meta-trains `learner` with Adam; returns the params that are best on validation MAE
+  (the label mode's `select_metric`: log loss for binary labels; the "val_mae" fields of the
+  loop state hold that criterion).
 
   With `ckpt`, the whole train state is saved after every `ckpt.every` steps (0: after
   every epoch), after every epoch whose validation MAE is the best so far, and at the end;
@@ -391,10 +414,11 @@ def _fit(learner: Learner, params, data: dict, scen, config: Config, *, log: wri
   order_fn = make_epoch_order(T, B, mesh)
   n_batches = -(-T // B)
   val_arrays = device_episodes(scen.val, config.eval_chunk) if len(scen.val) else None
+  select = (scen.label or LabelSpec()).select_metric
 
   def val_score(p):
     return score(predict_episodes(predict_fn, p, data["tables"], scen.val, config.eval_chunk, val_arrays),
-                 scen.val, scale=scen.rating_scale)
+                 scen.val, label=scen.label)
 
   def train_tree(st, key):
     return {"step": st.step, "opt_state": st.opt_state, "rng": jax.random.key_data(st.rng),
@@ -422,7 +446,7 @@ def _fit(learner: Learner, params, data: dict, scen, config: Config, *, log: wri
     logging.info("%s: resumed from step %d (epoch %d, batch %d)", learner.name, step0, loop["epoch"], loop["row"])
   else:
     if config.epochs and len(scen.val):
-      loop["best"]["val_mae"] = val_score(params)["mae"]
+      loop["best"]["val_mae"] = val_score(params)[select]
     best_params = jax.tree.map(jnp.copy, params)
     if ckpt is not None:
       ckpt.save(0, state.params, train_tree(state, order_key), loop, loop["best"]["val_mae"])
@@ -470,23 +494,23 @@ def _fit(learner: Learner, params, data: dict, scen, config: Config, *, log: wri
     record = {"learner": learner.name, "epoch": epoch, "step": int(epoch * n_batches),
               "train/loss": float(losses.mean()), "time/epoch_s": epoch_time,
               "time/tasks_per_s": (n_batches - loop["row"]) * B / epoch_time}
-    record.update({f"val/{k}": v for k, v in val.items() if k in ("mae", "rmse", "ndcg@3")})
+    record.update({f"val/{k}": v for k, v in val.items() if k in ("mae", "rmse", "ndcg@3", "logloss", "auc", "ndcg@5")})
     if log:
       log.write(record)
-    logging.info("%s epoch %d: train loss %.4f, val MAE %.4f, val nDCG@3 %.4f (%.1fs)", learner.name, epoch,
-                 record["train/loss"], val.get("mae", float("nan")), val.get("ndcg@3", float("nan")), epoch_time)
+    logging.info("%s epoch %d: train loss %.4f, val %s %.4f, val nDCG@3 %.4f (%.1fs)", learner.name, epoch,
+                 record["train/loss"], select, val.get(select, float("nan")), val.get("ndcg@3", float("nan")), epoch_time)
     step = epoch * n_batches
     best = dict(loop["best"])
-    improved = val.get("mae") is not None and (best["val_mae"] is None or val["mae"] < best["val_mae"])
+    improved = val.get(select) is not None and (best["val_mae"] is None or val[select] < best["val_mae"])
     if improved:
-      best = {"val_mae": val["mae"], "epoch": epoch, "step": step}
+      best = {"val_mae": val[select], "epoch": epoch, "step": step}
       best_params = jax.tree.map(jnp.copy, state.params)
     loop = {"epoch": epoch + 1, "row": 0, "losses": [], "best": best,
             "bad_epochs": 0 if improved else loop["bad_epochs"] + 1, "train_time": loop["train_time"] + epoch_time,
-            "last_finite": float(losses[-1]), "last_val_mae": val.get("mae"), "records": loop["records"] + [record]}
+            "last_finite": float(losses[-1]), "last_val_mae": val.get(select), "records": loop["records"] + [record]}
     order_key = next_key
     if ckpt is not None and (improved or not ckpt.every or step % ckpt.every == 0):
-      save(step, state, order_key, loop, val.get("mae"))
+      save(step, state, order_key, loop, val.get(select))
     epoch += 1
   steps = int(state.step)
   train_time = loop["train_time"]
@@ -517,12 +541,24 @@ class Setup:
 
   def make(self, name: str, **kw) -> Learner:
     c = self.config
-    opts = dict(inner_lr=c.inner_lr, inner_steps=c.inner_steps, adapt=c.adapt, first_order=c.first_order)
+    label = self.scen.label
+    opts = dict(inner_lr=c.inner_lr, inner_steps=c.inner_steps, adapt=c.adapt, first_order=c.first_order,
+                loss=label.loss, levels=label.levels())
     opts.update(kw)
     return create_learner(name, self.model, **opts)
 
   def init_params(self, learner: Learner):
     return learner.init(jax.random.key(self.config.seed), self.example, self.ctx)
+
+
+def label_spec(config: Config, ds) -> LabelSpec:
+  """The run's label mode: --label, or binary for implicit-feedback (0/1) datasets."""
+  if ds.implicit:
+    if config.label not in (None, "binary"):
+      raise ValueError(f"--label={config.label} does not apply to {ds.name}: it is implicit 0/1 feedback, "
+                       "so its labels are binary (use --label=binary or leave --label unset)")
+    return LabelSpec("binary", scale=(0.0, 1.0), threshold=1.0)
+  return LabelSpec(config.label or "rating", scale=tuple(ds.rating_scale), threshold=config.label_threshold)
 
 
 def build_setup(config: Config) -> Setup:
@@ -531,8 +567,13 @@ def build_setup(config: Config) -> Setup:
                     synthetic_users=config.synthetic_users, synthetic_items=config.synthetic_items,
                     csv_ratings=config.csv_ratings, csv_user_features=config.csv_user_features,
                     csv_item_features=config.csv_item_features, csv_columns=config.csv_columns,
-                    csv_rating_scale=config.csv_rating_scale)
+                    csv_rating_scale=config.csv_rating_scale, lastfm_protocol=config.lastfm_protocol)
+  label = label_spec(config, ds)
+  fixed = ds.fixed_episodes and {k: [(u, si, label.encode(sy), qi, label.encode(qy)) for u, si, sy, qi, qy in v]
+                                 for k, v in ds.fixed_episodes.items()}
+  ds = dataclasses.replace(ds, ratings=label.encode(ds.ratings), fixed_episodes=fixed)
   scen = build_scenarios(ds, config.task_config(), config.seed)
+  scen.label, scen.rating_scale = label, label.label_scale
   if len(scen.train) == 0:
     raise ValueError(f"{config.dataset}: no meta-training tasks survive the {config.min_ratings}-"
                      f"{config.max_ratings} ratings filter")
@@ -542,7 +583,7 @@ def build_setup(config: Config) -> Setup:
   ctx_ratings = scen.train_ratings
   global_mean = float(ctx_ratings[2].mean())
   model = create_model(config.model, fields=fields, embed_dim=config.embed_dim, hidden=config.hidden,
-                       output_bias=global_mean, linear=config.linear, rank=config.rank, alpha=config.hybrid_alpha,
+                       output_bias=label.output_bias(global_mean), linear=config.linear, rank=config.rank, alpha=config.hybrid_alpha,
                        adapt_alpha=config.adapt_alpha)
   ctx = FitContext(model=model, fields=fields, n_items=ds.n_items, train_users=ctx_ratings[0],
                    train_items=ctx_ratings[1], train_ratings=ctx_ratings[2], tables=tables)
@@ -613,8 +654,8 @@ def train_and_evaluate(config: Config, workdir: str, *, resume: bool = False, ex
         for k in config.few_shot_ks:
           capped = scen.test[s].cap_support(k)
           curve[str(k)] = score(predict_episodes(predict_fn, params, data["tables"], capped, config.eval_chunk),
-                                capped, config.ndcg_ks, scen.rating_scale)
-    return preds, {s: score(preds[s], scen.test[s], config.ndcg_ks, scen.rating_scale) for s in SCENARIOS}
+                                capped, config.ndcg_ks, scen.label)
+    return preds, {s: score(preds[s], scen.test[s], config.ndcg_ks, scen.label) for s in SCENARIOS}
 
   results, training, timing, families = {}, {}, {"data_s": t_data}, {}
   init_rng = jax.random.key(config.seed)
@@ -658,7 +699,7 @@ def train_and_evaluate(config: Config, workdir: str, *, resume: bool = False, ex
     if name == config.learner:
       continue
     t0 = time.perf_counter()
-    if name in ("global_mean", "item_mean", "support_mean"):
+    if name in TRIVIAL:
       b = make(name)
       _, results[name] = evaluate_all(b, b.init(init_rng, example, ctx))
     elif name == "pooled":
@@ -674,7 +715,7 @@ def train_and_evaluate(config: Config, workdir: str, *, resume: bool = False, ex
           cand_params = cand.init(init_rng, example, ctx)
         fn = make_predict_fn(cand)
         val_mae = score(predict_episodes(fn, cand_params, data["tables"], scen.val, config.eval_chunk),
-                        scen.val, scale=scen.rating_scale)["mae"]
+                        scen.val, label=scen.label)[scen.label.select_metric]
         if best is None or val_mae < best[0]:
           best = (val_mae, options, cand, cand_params, fn)
       training[name] = {"selected": best[1], "val_mae": best[0]}

@@ -20,6 +20,7 @@ def feature_tables(ds: Dataset, *, known_items: np.ndarray | None = None,
   """
   fields = tuple(ds.fields)
   tables = {spec.name: np.asarray(ds.features[spec.name], np.int32) for spec in fields}
+  tables.update({k: np.asarray(v) for k, v in ds.features.items() if k.startswith("_")})  # helper tables
   if item_id:
     known = np.ones(ds.n_items, bool) if known_items is None else np.asarray(known_items, bool)
     ids = np.arange(1, ds.n_items + 1, dtype=np.int32)
@@ -41,9 +42,37 @@ def featurize(tables: dict[str, jnp.ndarray], user: jnp.ndarray, items: jnp.ndar
   """
   x = {"user": jnp.broadcast_to(user[:, None], items.shape), "item": items}
   for name, table in tables.items():
+    if name.startswith("_"):  # helper tables (e.g. popularity counts), not fields
+      continue
     if name.startswith("user/"):
       v = table[user][:, None]
       x[name] = jnp.broadcast_to(v, items.shape + v.shape[2:])
     else:
       x[name] = table[items]
+  return x
+
+
+# Popularity as an item feature (implicit-feedback datasets): the bucketed count of the item's
+# positives in the training episodes. For a training user's own pairs the count leaves that
+# user's label out (`leave_own_out`), or the feature would leak the label it is asked to predict.
+POPULARITY_FIELD = "item/popularity"
+POPULARITY_BUCKETS = 16
+POSITIVE_COUNTS = "_positive_counts"  # [n_items] positives in the training episodes
+TRAIN_USER = "_train_user"  # [n_users] bool
+
+
+def popularity_bucket(counts):
+  """min(floor(2 log2(1 + count)), 15): numpy or jnp."""
+  xp = jnp if isinstance(counts, jnp.ndarray) else np
+  return xp.minimum(xp.floor(2 * xp.log2(1.0 + counts)), POPULARITY_BUCKETS - 1).astype(xp.int32)
+
+
+def leave_own_out(tables: dict, x: dict, user, items, labels, mask) -> dict:
+  """Recomputes the popularity field of [T, N] pairs without the pair's own positive label
+  when the pair's user is a training user (no-op for datasets without the field)."""
+  if POSITIVE_COUNTS not in tables or POPULARITY_FIELD not in x:
+    return x
+  own = tables[TRAIN_USER][user][:, None] & (labels > 0.5) & mask
+  x = dict(x)
+  x[POPULARITY_FIELD] = popularity_bucket(tables[POSITIVE_COUNTS][items] - own.astype(jnp.int32))
   return x

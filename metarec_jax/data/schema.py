@@ -57,6 +57,10 @@ class Dataset:
   # "warm_users": index arrays}; None: split by time (data/tasks.py).
   split_hint: dict | None = None
   protocol_report: dict | None = None  # what a protocol loader checked (counts), for the logs
+  implicit: bool = False  # 0/1 implicit feedback (labels are always binary)
+  # A benchmark's own episodes: {"train" | "val" | <scenario>: [(user, support_items,
+  # support_labels, query_items, query_labels), ...]}; used as they are (data/tasks.py).
+  fixed_episodes: dict | None = None
 
   @property
   def n_users(self) -> int:

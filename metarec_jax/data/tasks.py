@@ -10,6 +10,7 @@ compiled function serves every batch.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,8 @@ class Scenarios:
   val: Episodes
   test: dict[str, Episodes]  # keyed by SCENARIOS
   train_ratings: tuple[np.ndarray, np.ndarray, np.ndarray]  # (users, items, ratings) seen in training
-  rating_scale: tuple[float, float] = (1.0, 5.0)  # the dataset's; error metrics clip to it
+  rating_scale: tuple[float, float] = (1.0, 5.0)  # of the labels; error metrics clip to it
+  label: Any = None  # labels.LabelSpec of the run (set by train.build_setup); None: raw ratings
 
 
 def split_users_items(ds: Dataset, cfg: TaskConfig, seed: int) -> ColdStartSplit:
@@ -138,6 +140,8 @@ def build_scenarios(ds: Dataset, cfg: TaskConfig, seed: int) -> Scenarios:
   - user_cold: new users x existing items. item_cold: train users x new items.
     user_item_cold: new users x new items.
   """
+  if ds.fixed_episodes is not None:
+    return _fixed_scenarios(ds)
   split = split_users_items(ds, cfg, seed)
   rng = np.random.default_rng([seed, 2])
   by_user = _group_by_user(ds)
@@ -185,6 +189,33 @@ def build_scenarios(ds: Dataset, cfg: TaskConfig, seed: int) -> Scenarios:
   ti = np.concatenate([it for _, it, _ in train_tasks]) if train_tasks else np.zeros(0, np.int32)
   tr = np.concatenate([r for _, _, r in train_tasks]) if train_tasks else np.zeros(0, np.float32)
   return Scenarios(split=split, train=train, val=val, test=test, train_ratings=(tu, ti, tr),
+                   rating_scale=tuple(ds.rating_scale))
+
+
+def _fixed_scenarios(ds: Dataset) -> Scenarios:
+  """A benchmark's own episodes, used as they are: "train", "val" and any of SCENARIOS
+  (missing scenarios are empty). Padded to the largest support and query of any episode;
+  no item is new (an item unseen in training gets the shared unknown-id row)."""
+  fe = ds.fixed_episodes
+  unknown = sorted(set(fe) - {"train", "val"} - set(SCENARIOS))
+  if unknown or "train" not in fe:
+    raise ValueError(f"{ds.name}: fixed episodes need 'train' and keys from val, {', '.join(SCENARIOS)}; "
+                     f"got {sorted(fe)}")
+  tasks = [t for v in fe.values() for t in v]
+  S = max(len(t[1]) for t in tasks)
+  Q = max(len(t[3]) for t in tasks)
+  users = {k: np.unique(np.array([t[0] for t in v], np.int32)) for k, v in fe.items()}
+  none = np.zeros(0, np.int32)
+  split = ColdStartSplit(new_item=np.zeros(ds.n_items, bool), train_users=users["train"],
+                         val_users=users.get("val", none),
+                         new_users=np.union1d(users.get("user_cold", none), users.get("user_item_cold", none)),
+                         item_cold_users=users.get("item_cold", none))
+  train = fe["train"]
+  tu = np.concatenate([np.full(len(t[1]) + len(t[3]), t[0], np.int32) for t in train])
+  ti = np.concatenate([np.concatenate([t[1], t[3]]) for t in train]).astype(np.int32)
+  tr = np.concatenate([np.concatenate([t[2], t[4]]) for t in train]).astype(np.float32)
+  return Scenarios(split=split, train=_pack(train, S, Q), val=_pack(fe.get("val", []), S, Q),
+                   test={s: _pack(fe.get(s, []), S, Q) for s in SCENARIOS}, train_ratings=(tu, ti, tr),
                    rating_scale=tuple(ds.rating_scale))
 
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarec_jax.data.schema import FieldSpec
+from metarec_jax.labels import masked_bce
 
 
 class Batch(NamedTuple):
@@ -60,10 +61,24 @@ class Learner:
   adapt: Callable[..., Any]
   predict: Callable[..., jnp.ndarray]
   meta_loss: Callable[..., Any] | None = None
+  # What maps `predict`'s output to label space: "identity", or "sigmoid" for learners that
+  # output logits (binary labels). make_predict_fn applies it.
+  link: str = "identity"
 
 
 def masked_mse(pred: jnp.ndarray, y: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
   return jnp.sum(mask * (pred - y) ** 2) / jnp.maximum(mask.sum(), 1)
+
+
+# Training losses by name (--label: rating/scaled use mse, binary bce on logits) and the link
+# that turns the learner's output into label space.
+LOSSES = {"mse": (masked_mse, "identity"), "bce": (masked_bce, "sigmoid")}
+
+
+def loss_and_link(loss: str):
+  if loss not in LOSSES:
+    raise ValueError(f"Unsupported loss: {loss!r}; choose one of {', '.join(LOSSES)}")
+  return LOSSES[loss]
 
 
 def concat_batches(a: Batch, b: Batch) -> Batch:

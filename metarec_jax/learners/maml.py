@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from metarec_jax.data.schema import FieldSpec
-from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, concat_batches, masked_mse
+from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, concat_batches, loss_and_link
 from metarec_jax.models.content import EMBED_SCOPE, param_name
 
 ADAPT_MODES = ("head", "last", "all")
@@ -91,7 +91,8 @@ OBJECTIVES = ("maml", "reptile", "pooled")
 
 
 def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, inner_steps: int,
-                          first_order: bool = False, adapt: str = "head", learn_inner_lr: bool = False) -> Learner:
+                          first_order: bool = False, adapt: str = "head", learn_inner_lr: bool = False,
+                          loss: str = "mse") -> Learner:
   """Gradient-based learners sharing one inner loop.
 
   objective "maml": the query loss after adaptation, differentiated through the inner loop
@@ -99,8 +100,10 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
   the meta-gradient is (theta - theta_adapted), so Adam steps towards the adapted weights.
   "pooled": all ratings without adaptation (inner steps then apply at evaluation only, which
   is fine-tuning). `learn_inner_lr` (Meta-SGD) meta-learns one inner learning rate per
-  adapted parameter entry, initialised at `inner_lr`.
+  adapted parameter entry, initialised at `inner_lr`. `loss` ("mse" or "bce" on logits) is
+  used in the inner loop and the outer objective alike.
   """
+  task_loss_fn, link = loss_and_link(loss)
   if objective not in OBJECTIVES:
     raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
   if inner_steps < 0:
@@ -146,7 +149,7 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
 
     def support_loss(f):
       params = traverse_util.unflatten_dict({**flat, **f})
-      return masked_mse(local_model.apply(params, x), support.y, support.mask)
+      return task_loss_fn(local_model.apply(params, x), support.y, support.mask)
 
     def step(f, _):
       g = jax.grad(support_loss)(f)
@@ -181,7 +184,7 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
   def task_loss(meta, ep: Episode):
     if objective == "pooled":
       both = concat_batches(ep.support, ep.query)
-      return masked_mse(model.apply(meta["model"], both.x), both.y, both.mask)
+      return task_loss_fn(model.apply(meta["model"], both.x), both.y, both.mask)
     if objective == "reptile":
       both = concat_batches(ep.support, ep.query)
       state = jax.lax.stop_gradient(adapt_fn(meta, both))
@@ -192,10 +195,10 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
         if spec.name in state["uniq"]:
           fast[_table_path(spec)] = _rows(flat[_table_path(spec)], state["uniq"][spec.name], spec.vocab_size)
       dist = sum(0.5 * jnp.sum((fast[p] - state["fast"][p]) ** 2) for p in fast)
-      query_mse = masked_mse(predict(meta, state, ep.query.x), ep.query.y, ep.query.mask)
-      return dist + jax.lax.stop_gradient(query_mse - dist)  # value: query MSE; gradient: Reptile's
+      query_loss = task_loss_fn(predict(meta, state, ep.query.x), ep.query.y, ep.query.mask)
+      return dist + jax.lax.stop_gradient(query_loss - dist)  # value: query loss; gradient: Reptile's
     state = adapt_fn(meta, ep.support)
-    return masked_mse(predict(meta, state, ep.query.x), ep.query.y, ep.query.mask)
+    return task_loss_fn(predict(meta, state, ep.query.x), ep.query.y, ep.query.mask)
 
   def meta_loss(meta, episodes: Episode, rng):
     del rng
@@ -204,4 +207,5 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
     return loss, {"loss": loss}
 
   family = "baseline" if objective == "pooled" else "optimisation"
-  return Learner(name=name, family=family, init=init, adapt=adapt_fn, predict=predict, meta_loss=meta_loss)
+  return Learner(name=name, family=family, init=init, adapt=adapt_fn, predict=predict, meta_loss=meta_loss,
+                 link=link)

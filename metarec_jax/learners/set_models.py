@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from metarec_jax.data.schema import FieldSpec
-from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, concat_batches, masked_mse
+from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, concat_batches, loss_and_link
 from metarec_jax.models.content import Embeddings
 
 SET_LEARNERS = ("neural_process", "in_context", "prototype", "matching")
@@ -56,6 +56,11 @@ SET_LEARNERS = ("neural_process", "in_context", "prototype", "matching")
 def _masked_mean(v, mask):
   w = mask.astype(v.dtype)[..., None]
   return (v * w).sum(-2) / jnp.maximum(w.sum(-2), 1.0)
+
+
+def _half_gap(levels) -> float:
+  """A label belongs to a level within half the smallest gap between levels."""
+  return 0.5 * float(min(b - a for a, b in zip(sorted(levels), sorted(levels)[1:]))) if len(levels) > 1 else 0.5
 
 
 def _attend(q, k, v, mask, scale):
@@ -164,6 +169,7 @@ class Prototype(SetModel):
   embed_dim: int = 32
   width: int = 64
   levels: Sequence[float] = (1.0, 2.0, 3.0, 4.0, 5.0)
+  logit: bool = False  # binary labels (levels 0, 1): output the logit of level 1
 
   def setup(self):
     self.pair = PairEncoder(self.fields, self.embed_dim, self.width)
@@ -174,7 +180,7 @@ class Prototype(SetModel):
   def encode(self, x, y, mask):
     f = self.proj(self.pair(x)[0])
     levels = jnp.asarray(self.levels)
-    member = mask[:, None] & (jnp.abs(y[:, None] - levels[None, :]) < 0.5)  # [S, L]
+    member = mask[:, None] & (jnp.abs(y[:, None] - levels[None, :]) < _half_gap(self.levels))  # [S, L]
     counts = member.sum(0)
     protos = (member.T.astype(f.dtype) @ f) / jnp.maximum(counts, 1)[:, None]
     return {"protos": jnp.where(counts[:, None] > 0, protos, self.fallback)}
@@ -182,6 +188,8 @@ class Prototype(SetModel):
   def decode(self, state, qx):
     f = self.proj(self.pair(qx)[0])
     d = ((f[:, None, :] - state["protos"][None]) ** 2).sum(-1)
+    if self.logit:  # log p(level 1) - log p(level 0) of the softmax below
+      return (d[:, 0] - d[:, 1]) * jnp.exp(self.log_temp)
     w = jax.nn.softmax(-d * jnp.exp(self.log_temp), axis=-1)
     return w @ jnp.asarray(self.levels)
 
@@ -283,7 +291,7 @@ class FactorPrototype(nn.Module):
   @nn.compact
   def __call__(self, q, e, mask, y):
     levels = jnp.asarray(self.levels)
-    member = mask[:, None] & (jnp.abs(y[:, None] - levels[None, :]) < 0.5)  # [S, L]
+    member = mask[:, None] & (jnp.abs(y[:, None] - levels[None, :]) < _half_gap(self.levels))  # [S, L]
     counts = member.sum(0)
     protos = (member.T.astype(q.dtype) @ q) / jnp.maximum(counts, 1)[:, None]  # [L, rank]
     a = self.param("level_weight", nn.initializers.zeros, (len(self.levels),))
@@ -309,17 +317,19 @@ class FactorMatching(nn.Module):
 
 
 def make_factor_set_learner(name: str, model, *, kl_weight: float = 0.1, latent: bool = False,
-                            width: int = 64) -> Learner:
+                            width: int = 64, loss: str = "mse",
+                            levels: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0)) -> Learner:
   """A model- or metric-based learner on the cf / hybrid model: it infers the user vector and
   bias from the support (see the module docstring); meta-parameters are the factor model's
   ("model") and the set encoder's ("enc")."""
   rank = model.rank
+  loss_fn, link = loss_and_link(loss)
   if name == "neural_process":
     enc = FactorNP(rank, width, latent)
   elif name == "in_context":
     enc = FactorInContext(rank, width)
   elif name == "prototype":
-    enc = FactorPrototype(rank)
+    enc = FactorPrototype(rank, levels=tuple(levels))
   elif name == "matching":
     enc = FactorMatching(rank)
   else:
@@ -365,25 +375,28 @@ def make_factor_set_learner(name: str, model, *, kl_weight: float = 0.1, latent:
       dp, db = encode(meta["enc"], q, e, ep.support, z=z)
       pred = predict(meta, {"dp": dp, "db": db}, ep.query.x)
       kl = (jnp.log(s0 / s1) + (s1 ** 2 + (mu1 - mu0) ** 2) / (2 * s0 ** 2) - 0.5).sum()
-      return masked_mse(pred, ep.query.y, ep.query.mask) + kl_weight * kl
-    return masked_mse(predict(meta, adapt(meta, ep.support), ep.query.x), ep.query.y, ep.query.mask)
+      return loss_fn(pred, ep.query.y, ep.query.mask) + kl_weight * kl
+    return loss_fn(predict(meta, adapt(meta, ep.support), ep.query.x), ep.query.y, ep.query.mask)
 
   return Learner(name=name, family=family, init=init, adapt=adapt, predict=predict,
-                 meta_loss=_batched(task_loss))
+                 meta_loss=_batched(task_loss), link=link)
 
 
-def make_set_learner(name: str, model, *, kl_weight: float = 0.1, latent: bool = False, width: int = 64) -> Learner:
+def make_set_learner(name: str, model, *, kl_weight: float = 0.1, latent: bool = False, width: int = 64,
+                     loss: str = "mse", levels: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0)) -> Learner:
   """Builds a model-based or metric-based learner: on the content model's fields, or on the
   cf / hybrid model's user vector (`make_factor_set_learner`)."""
   if getattr(model, "kind", None) in ("cf", "hybrid"):
-    return make_factor_set_learner(name, model, kl_weight=kl_weight, latent=latent, width=width)
+    return make_factor_set_learner(name, model, kl_weight=kl_weight, latent=latent, width=width, loss=loss,
+                                   levels=levels)
+  loss_fn, link = loss_and_link(loss)
   kw = dict(fields=tuple(model.fields), embed_dim=model.embed_dim, width=width)
   if name == "neural_process":
     net = NeuralProcess(latent=latent, output_bias=model.output_bias, **kw)
   elif name == "in_context":
     net = InContext(output_bias=model.output_bias, **kw)
   elif name == "prototype":
-    net = Prototype(**kw)
+    net = Prototype(levels=tuple(levels), logit=loss == "bce", **kw)
   elif name == "matching":
     net = Matching(output_bias=model.output_bias, **kw)
   else:
@@ -408,8 +421,8 @@ def make_set_learner(name: str, model, *, kl_weight: float = 0.1, latent: bool =
       pred = net.apply(meta["model"], prior, ep.query.x, z, method="decode")
       kl = (jnp.log(prior["z_sigma"] / post["z_sigma"])
             + (post["z_sigma"] ** 2 + (post["z_mu"] - prior["z_mu"]) ** 2) / (2 * prior["z_sigma"] ** 2) - 0.5).sum()
-      return masked_mse(pred, ep.query.y, ep.query.mask) + kl_weight * kl
-    return masked_mse(predict(meta, adapt(meta, ep.support), ep.query.x), ep.query.y, ep.query.mask)
+      return loss_fn(pred, ep.query.y, ep.query.mask) + kl_weight * kl
+    return loss_fn(predict(meta, adapt(meta, ep.support), ep.query.x), ep.query.y, ep.query.mask)
 
   return Learner(name=name, family=family, init=init, adapt=adapt, predict=predict,
-                 meta_loss=_batched(task_loss))
+                 meta_loss=_batched(task_loss), link=link)

@@ -1,0 +1,16 @@
+"""Flags shared by the train and compare binaries: the label mode and the Last.fm protocol."""
+
+from absl import flags
+
+from metarec_jax.data.lastfm import LASTFM_PROTOCOLS
+from metarec_jax.labels import LABELS
+from metarec_jax.train import Config
+
+_D = Config()
+flags.DEFINE_enum("label", None, list(LABELS), "Label mode: rating (raw, MSE), scaled ([0, 1], MSE, metrics in the "
+                  "rating scale) or binary (rating >= --label_threshold, BCE; accuracy/precision/recall/F1/AUC). "
+                  "Unset: binary for implicit-feedback datasets (lastfm, hetrec-lastfm), rating otherwise.")
+flags.DEFINE_float("label_threshold", _D.label_threshold, "--label=binary: a rating at least this is positive.")
+flags.DEFINE_enum("lastfm_protocol", _D.lastfm_protocol, list(LASTFM_PROTOCOLS),
+                  "--dataset=lastfm: TaNP's exact episodes, or a fresh split by its recipe (70/10/20 users with "
+                  "30-200 interactions, support 20, query the rest).")
