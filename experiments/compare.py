@@ -27,7 +27,7 @@ from metarec_jax.data import DATASETS, DataError
 from metarec_jax.data.tasks import SCENARIOS
 from metarec_jax.learners import LEARNERS
 from metarec_jax.models import MODELS
-from metarec_jax.train import BASELINES, Config, train_and_evaluate
+from metarec_jax.train import BASELINES, Config, train_and_evaluate, with_dataset_defaults
 from metarec_jax.writers import mean_std, write_json_atomic, write_text_atomic
 
 DEFAULT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile", "neural_process", "in_context",
@@ -138,6 +138,7 @@ def main(argv):
                         synthetic_items=FLAGS.synthetic_items, devices=FLAGS.devices,
                         task_chunk=FLAGS.task_chunk)
         t0 = time.perf_counter()
+        config = with_dataset_defaults(config, [n for n in FLAGS if FLAGS[n].present])
         final = train_and_evaluate(config, os.path.join(FLAGS.out, f"{name}_seed{seed}"))
         runs.append({"learner": name, "seed": seed, "final": final, "wall_s": time.perf_counter() - t0})
         cold = final["results"][name]["user_cold"]

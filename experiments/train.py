@@ -18,7 +18,7 @@ from experiments import label_flags, runtime_flags  # label_flags: --label, --la
 from metarec_jax.data import DATASETS, DataError
 from metarec_jax.learners import ADAPT_MODES, LEARNERS
 from metarec_jax.models import MODELS
-from metarec_jax.train import BASELINES, Config, train_and_evaluate
+from metarec_jax.train import BASELINES, Config, train_and_evaluate, with_dataset_defaults
 
 _D = Config()
 flags.DEFINE_enum("dataset", _D.dataset, list(DATASETS), "Dataset.")
@@ -76,6 +76,12 @@ FLAGS = flags.FLAGS
 
 
 def config_from_flags() -> Config:
+  """The Config of the flags; the dataset's defaults (train.DATASET_DEFAULTS) fill the flags
+  not given on the command line."""
+  return with_dataset_defaults(_config_from_flags(), [n for n in FLAGS if FLAGS[n].present])
+
+
+def _config_from_flags() -> Config:
   return Config(
       dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, synthetic_users=FLAGS.synthetic_users,
       csv_ratings=FLAGS.csv_ratings, csv_user_features=FLAGS.csv_user_features,

@@ -177,3 +177,13 @@ def test_train_binary_on_lastfm_fixture_end_to_end(tmp_path):
   proc = run_binary("experiments.train", "--dataset=lastfm", f"--data_dir={tmp_path}", "--label=rating",
                     f"--workdir={out}")
   assert proc.returncode == 2 and "error: --label=rating does not apply to lastfm" in proc.stderr
+
+
+def test_dataset_defaults_fill_only_the_flags_not_given():
+  from metarec_jax.train import Config, with_dataset_defaults
+  c = with_dataset_defaults(Config(dataset="lastfm"))
+  assert c.ndcg_ks == (5, 7, 10) and c.item_id_feature is False
+  c = with_dataset_defaults(Config(dataset="lastfm", item_id_feature=True), explicit=["item_id_feature"])
+  assert c.item_id_feature is True and c.ndcg_ks == (5, 7, 10)
+  assert with_dataset_defaults(Config(dataset="ml-1m")).patience == 3
+  assert with_dataset_defaults(Config(dataset="ml-100k")) == Config(dataset="ml-100k")

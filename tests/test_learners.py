@@ -127,3 +127,16 @@ def test_als_foldin_solves_the_ridge_problem(setup):
   e_als = masked_mse(learner.predict(params, state, s.x), s.y, s.mask)
   e_bias = masked_mse(bias.predict(bp, bias.adapt(bp, s), s.x), s.y, s.mask)
   assert float(e_als) < float(e_bias)
+
+
+def test_content_ridge_in_the_dual_equals_the_primal_ridge(setup):
+  from metarec_jax.learners.foldin import content_ridge_predict, item_design_matrix, ridge
+  _, _, _, ctx, _ = setup
+  ctx = ctx.__class__(**{**ctx.__dict__, "tables": {k: np.asarray(v) for k, v in ctx.tables.items()}})
+  X = item_design_matrix(ctx)
+  known = np.zeros(ctx.n_items, bool)
+  known[ctx.train_items] = True
+  Y = np.random.default_rng(0).standard_normal((known.sum(), 3))
+  for reg in (0.5, 10.0):
+    np.testing.assert_allclose(content_ridge_predict(ctx, known, Y, reg), X @ ridge(X[known], Y, reg),
+                               rtol=1e-8, atol=1e-10)
