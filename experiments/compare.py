@@ -102,10 +102,11 @@ def build_table(runs: list[dict], learners: list[str], ks: list[int]) -> tuple[s
     for n in names:
       lines.append(f"| {n} | {families[n]} | " + " | ".join(fmt(summary["results"][n][s][m]) for s in SCENARIOS) + " |")
     lines.append("")
-  lines += [f"### user-cold {curve_metric.upper()} against support size k (few-shot curve)", "",
-            "| learner | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
-  for n in names:
-    lines.append(f"| {n} | " + " | ".join(fmt(summary["few_shot"][n][str(k)]) for k in ks) + " |")
+  if ks:
+    lines += [f"### user-cold {curve_metric.upper()} against support size k (few-shot curve)", "",
+              "| learner | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for n in names:
+      lines.append(f"| {n} | " + " | ".join(fmt(summary["few_shot"][n][str(k)]) for k in ks) + " |")
   lines += ["", "### time per run (training, evaluation and, for the first learner, the baselines)", "",
             "| learner | wall time (s) | meta-train tasks/s |", "|---|---|---|"]
   for n in learners:

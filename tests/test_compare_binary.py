@@ -46,3 +46,18 @@ def test_compare_then_aggregate(tmp_path):
 def test_aggregate_rejects_an_empty_glob(tmp_path):
   proc = run_binary("experiments.aggregate", f"--runs={tmp_path}/nothing*")
   assert proc.returncode == 2 and "matches no run folder" in proc.stderr
+
+
+def test_compare_tables_binary_runs_with_the_binary_metrics():
+  from experiments.compare import BINARY_METRICS, build_table
+  res = {"auc": 0.7, "logloss": 0.6, "precision@5": 0.5, "recall@5": 0.4, "ndcg@5": 0.8, "n_tasks": 3}
+  runs = [{"learner": "maml", "seed": s, "wall_s": 1.0,
+           "final": {"families": {"maml": "optimisation"}, "few_shot_user_cold": {},
+                     "results": {"maml": {"user_cold": {**res, "auc": 0.7 + 0.1 * s}, "warm": {"n_tasks": 0},
+                                          "item_cold": {"n_tasks": 0}, "user_item_cold": {"n_tasks": 0}}},
+                     "timing": {"training": {"maml": {"tasks_per_s": 10.0}}}}} for s in (0, 1)]
+  md, summary = build_table(runs, ["maml"], [])
+  assert set(summary["results"]["maml"]["user_cold"]) == set(BINARY_METRICS)
+  mean, std, n = summary["results"]["maml"]["user_cold"]["auc"]
+  assert (round(mean, 6), round(std, 6), n) == (0.75, 0.05, 2)
+  assert "### auc (mean ± std over seeds)" in md and "### mae" not in md and "few-shot" not in md
