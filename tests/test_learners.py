@@ -137,6 +137,7 @@ def test_content_ridge_in_the_dual_equals_the_primal_ridge(setup):
   known = np.zeros(ctx.n_items, bool)
   known[ctx.train_items] = True
   Y = np.random.default_rng(0).standard_normal((known.sum(), 3))
-  for reg in (0.5, 10.0):
-    np.testing.assert_allclose(content_ridge_predict(ctx, known, Y, reg), X @ ridge(X[known], Y, reg),
-                               rtol=1e-8, atol=1e-10)
+  for dual in (True, False):
+    for reg in (0.5, 10.0):
+      np.testing.assert_allclose(content_ridge_predict(ctx, known, Y, reg, dual=dual), X @ ridge(X[known], Y, reg),
+                                 rtol=1e-8, atol=1e-10)
