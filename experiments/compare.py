@@ -23,12 +23,13 @@ from absl import app, flags, logging
 from experiments import label_flags, runtime_flags  # label_flags: --label, --label_threshold, --lastfm_protocol
 
 from metarec_jax import report
+from metarec_jax.report import build_table
 from metarec_jax.data import DATASETS, DataError
 from metarec_jax.data.tasks import SCENARIOS
 from metarec_jax.learners import LEARNERS
 from metarec_jax.models import MODELS
 from metarec_jax.train import BASELINES, Config, train_and_evaluate, with_dataset_defaults
-from metarec_jax.writers import mean_std, write_json_atomic, write_text_atomic
+from metarec_jax.writers import write_json_atomic, write_text_atomic
 
 DEFAULT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile", "neural_process", "in_context",
                     "prototype", "matching")
@@ -54,66 +55,6 @@ flags.DEFINE_integer("synthetic_items", _D.synthetic_items, "Items of the synthe
 flags.DEFINE_integer("task_chunk", 0, "Vmap over chunks of this many tasks inside the step (0: whole meta-batch).")
 flags.DEFINE_string("out", "runs/compare", "Output folder.")
 FLAGS = flags.FLAGS
-
-METRICS = ("mae", "rmse", "ndcg@3", "ndcg@5")
-BINARY_METRICS = ("auc", "logloss", "precision@5", "recall@5", "ndcg@5")  # binary labels (implicit data)
-
-
-def table_metrics(runs: list[dict]) -> tuple[tuple[str, ...], str]:
-  """The table's metrics and the few-shot curve's metric: rating metrics, or the binary ones
-  when the runs have binary labels (no MAE)."""
-  for r in runs:
-    for res in r["final"]["results"].values():
-      for m in res.values():
-        if m.get("n_tasks"):
-          return (METRICS, "mae") if "mae" in m else (BINARY_METRICS, "auc")
-  return METRICS, "mae"
-
-
-def fmt(ms, digits=3):
-  return "–" if ms is None else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
-
-
-def build_table(runs: list[dict], learners: list[str], ks: list[int]) -> tuple[str, dict]:
-  """runs: [{"learner", "seed", "final"}] -> (markdown, summary)."""
-  names, families = [], {}
-  for r in runs:
-    families.update(r["final"]["families"])
-    for n in r["final"]["results"]:
-      if n not in names:
-        names.append(n)
-  metrics, curve_metric = table_metrics(runs)
-  summary = {"results": {}, "few_shot": {}, "timing": {}}
-  for n in names:
-    summary["results"][n] = {s: {m: mean_std([r["final"]["results"][n][s].get(m) for r in runs
-                                                if n in r["final"]["results"]]) for m in metrics}
-                             for s in SCENARIOS}
-    summary["few_shot"][n] = {str(k): mean_std([r["final"]["few_shot_user_cold"].get(n, {}).get(str(k), {}).get(curve_metric)
-                                                for r in runs if n in r["final"]["few_shot_user_cold"]]) for k in ks}
-  for n in learners:
-    mine = [r for r in runs if r["learner"] == n]
-    tr = [r["final"]["timing"]["training"].get(n, {}) for r in mine]
-    summary["timing"][n] = {"wall_s": mean_std([r["wall_s"] for r in mine]),
-                            "tasks_per_s": mean_std([t.get("tasks_per_s") for t in tr])}
-  lines = []
-  for m in metrics:
-    lines += [f"### {m} (mean ± std over seeds)", "", "| learner | family | " + " | ".join(SCENARIOS) + " |",
-              "|---|---|" + "---|" * len(SCENARIOS)]
-    for n in names:
-      lines.append(f"| {n} | {families[n]} | " + " | ".join(fmt(summary["results"][n][s][m]) for s in SCENARIOS) + " |")
-    lines.append("")
-  if ks:
-    lines += [f"### user-cold {curve_metric.upper()} against support size k (few-shot curve)", "",
-              "| learner | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
-    for n in names:
-      lines.append(f"| {n} | " + " | ".join(fmt(summary["few_shot"][n][str(k)]) for k in ks) + " |")
-  lines += ["", "### time per run (training, evaluation and, for the first learner, the baselines)", "",
-            "| learner | wall time (s) | meta-train tasks/s |", "|---|---|---|"]
-  for n in learners:
-    t = summary["timing"][n]
-    lines.append(f"| {n} | {fmt(t['wall_s'], 1)} | {fmt(t['tasks_per_s'], 0)} |")
-  return "\n".join(lines) + "\n", summary
-
 
 def main(argv):
   del argv

@@ -49,7 +49,7 @@ def test_aggregate_rejects_an_empty_glob(tmp_path):
 
 
 def test_compare_tables_binary_runs_with_the_binary_metrics():
-  from experiments.compare import BINARY_METRICS, build_table
+  from metarec_jax.report import BINARY_METRICS, build_table
   res = {"auc": 0.7, "logloss": 0.6, "precision@5": 0.5, "recall@5": 0.4, "ndcg@5": 0.8, "n_tasks": 3}
   runs = [{"learner": "maml", "seed": s, "wall_s": 1.0,
            "final": {"families": {"maml": "optimisation"}, "few_shot_user_cold": {},
