@@ -44,7 +44,10 @@ def load_group(pattern: str) -> list[dict]:
 
 
 def summarize(groups: dict[str, list[dict]], metrics: list[str]) -> dict:
-  """{group: {learner: {scenario: {metric: [mean, std, n]}}}} over the runs of each group."""
+  """{group: {learner: {scenario: {metric: [mean, std, n]}, "val": [mean, std, n]}}} over the runs
+  of each group; "val" is the validation criterion the learner was selected on (the best
+  epoch's validation MAE, or log loss for binary labels; a baseline's grid choice), None if
+  there was no selection."""
   out = {}
   for label, runs in groups.items():
     learners = sorted({name for r in runs for name in r["results"]})
@@ -55,15 +58,21 @@ def summarize(groups: dict[str, list[dict]], metrics: list[str]) -> dict:
         out[label][name][s] = {}
         for m in metrics:
           out[label][name][s][m] = mean_std(r["results"][name][s].get(m) for r in runs if name in r["results"])
+      out[label][name]["val"] = mean_std(_val(r.get("training", {}).get(name, {})) for r in runs)
   return out
 
 
+def _val(training: dict):
+  return training.get("best_val_mae", training.get("val_mae"))
+
+
 def to_markdown(summary: dict, metrics: list[str]) -> str:
-  head = "| run | learner | " + " | ".join(f"{s} {m}" for s in SCENARIOS for m in metrics) + " |"
-  lines = [head, "|" + "---|" * (2 + len(SCENARIOS) * len(metrics))]
+  head = "| run | learner | val | " + " | ".join(f"{s} {m}" for s in SCENARIOS for m in metrics) + " |"
+  lines = [head, "|" + "---|" * (3 + len(SCENARIOS) * len(metrics))]
   for label, learners in summary.items():
     for name, res in learners.items():
-      cells = []
+      v = res.get("val")
+      cells = ["–" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}"]
       for s in SCENARIOS:
         for m in metrics:
           v = res[s][m]

@@ -38,7 +38,9 @@ def test_compare_then_aggregate(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   agg = json.load(open(tmp_path / "agg.json"))
   assert set(agg["fo"]) == {"fomaml", "support_mean", "bias_foldin"}
-  assert set(agg["fo"]["fomaml"]) == set(SCENARIOS)
+  assert set(agg["fo"]["fomaml"]) == set(SCENARIOS) | {"val"}
+  assert agg["fo"]["fomaml"]["val"][2] == 2  # the best validation MAE of both seeds
+  assert agg["fo"]["support_mean"]["val"] is None  # nothing selected
   # support_mean ran only with the first learner of each seed, so it has both seeds here too.
   assert agg["fo"]["support_mean"]["user_cold"]["mae"][2] == 2
 
