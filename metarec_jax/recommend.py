@@ -209,9 +209,11 @@ def batch_recommend(tr: Trained, scenario: str, top_k: int = 10, threshold: floa
 
   Candidates: the existing items (warm, user-cold) or the new items (item-cold,
   user+item-cold), minus the user's support items. Relevant: the user's query items rated
-  >= `threshold`.
+  >= `threshold` (in the rating scale; with binary labels, the positive query items).
   """
   st, ds = tr.setup, tr.setup.ds
+  label = st.scen.label
+  cut = 0.5 if label is not None and label.binary else (label.encode(np.array([threshold]))[0] if label else threshold)
   if scenario not in st.scen.test:
     raise RecommendError(f"unknown scenario {scenario!r}; choose from {', '.join(st.scen.test)}")
   eps = st.scen.test[scenario]
@@ -231,7 +233,7 @@ def batch_recommend(tr: Trained, scenario: str, top_k: int = 10, threshold: floa
   for t in range(T):
     s = pos[eps.support_item[t][eps.support_mask[t]]]
     valid[t, s[s >= 0]] = False
-    liked = eps.query_mask[t] & (eps.query_rating[t] >= threshold)
+    liked = eps.query_mask[t] & (eps.query_rating[t] >= cut)
     q = pos[eps.query_item[t][liked]]
     relevant[t, q[q >= 0]] = True
   predict = make_predict_fn(tr.learner)

@@ -169,11 +169,17 @@ def test_train_binary_on_lastfm_fixture_end_to_end(tmp_path):
   _tanp_fixture(str(tmp_path), ratings=rows, episodes=eps)
   out = tmp_path / "run"
   proc = run_binary("experiments.train", "--dataset=lastfm", f"--data_dir={tmp_path}", "--epochs=2",
-                    "--baselines=popularity", "--ndcg_ks=1,2", "--nocheckpoints", "--embed_dim=4", "--hidden=8",
-                    f"--workdir={out}")
+                    "--baselines=popularity", "--ndcg_ks=1,2", "--embed_dim=4", "--hidden=8", f"--workdir={out}")
   assert proc.returncode == 0, proc.stderr[-2000:]
   final = json.load(open(out / "final_metrics.json"))
   assert {"auc", "logloss", "precision@2", "ndcg@2"} <= set(final["results"]["maml"]["user_cold"])
+  # Batch top-K: with binary labels the positive query items are the relevant ones.
+  proc = run_binary("experiments.recommend", f"--workdir={out}", f"--data_dir={tmp_path}",
+                    "--batch_scenario=user_cold", "--top_k=3", f"--out={tmp_path}/batch.json")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  batch = json.load(open(tmp_path / "batch.json"))
+  positives = sum(int(t[4].sum()) > 0 for t in load_tanp_lastfm(str(tmp_path)).fixed_episodes["user_cold"])
+  assert batch["metrics"]["n_users"] == positives > 0
   proc = run_binary("experiments.train", "--dataset=lastfm", f"--data_dir={tmp_path}", "--label=rating",
                     f"--workdir={out}")
   assert proc.returncode == 2 and "error: --label=rating does not apply to lastfm" in proc.stderr
