@@ -53,10 +53,6 @@ class LabelSpec:
   def select_metric(self) -> str:
     return "logloss" if self.binary else "mae"
 
-  @property
-  def label_scale(self) -> tuple[float, float]:
-    return self.scale if self.mode == "rating" else (0.0, 1.0)
-
   def encode(self, ratings: np.ndarray) -> np.ndarray:
     r = np.asarray(ratings, np.float32)
     lo, hi = self.scale

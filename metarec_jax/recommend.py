@@ -184,10 +184,10 @@ def recommend_for_new_user(tr: Trained, ratings: list[tuple[int, float]], top_k:
   mask = np.zeros((1, S), bool)
   mask[0, :len(ratings)] = True
   items[0, :len(ratings)] = rated
-  rates[0, :len(ratings)] = [r for _, r in ratings]
+  rates[0, :len(ratings)] = st.scen.label.encode(np.array([r for _, r in ratings]))  # as the episodes were
   predict = make_predict_fn(tr.learner)
-  scores = np.asarray(predict(tr.params, {k: jnp.asarray(v) for k, v in tables.items()},
-                              _episode([user], items, rates, mask, candidates)))[0]
+  scores = np.asarray(st.scen.label.decode(predict(tr.params, {k: jnp.asarray(v) for k, v in tables.items()},
+                                                   _episode([user], items, rates, mask, candidates))))[0]
   order = np.argsort(-scores, kind="stable")[:top_k]
   known = np.zeros(ds.n_items, bool)
   known[st.scen.train_ratings[1]] = True
@@ -213,7 +213,7 @@ def batch_recommend(tr: Trained, scenario: str, top_k: int = 10, threshold: floa
   """
   st, ds = tr.setup, tr.setup.ds
   label = st.scen.label
-  cut = 0.5 if label is not None and label.binary else (label.encode(np.array([threshold]))[0] if label else threshold)
+  cut = 0.5 if label.binary else float(label.encode(np.array([threshold]))[0])
   if scenario not in st.scen.test:
     raise RecommendError(f"unknown scenario {scenario!r}; choose from {', '.join(st.scen.test)}")
   eps = st.scen.test[scenario]

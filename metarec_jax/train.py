@@ -431,7 +431,7 @@ def _fit(learner: Learner, params, data: dict, scen, config: Config, *, log: wri
   order_fn = make_epoch_order(T, B, mesh)
   n_batches = -(-T // B)
   val_arrays = device_episodes(scen.val, config.eval_chunk) if len(scen.val) else None
-  select = (scen.label or LabelSpec()).select_metric
+  select = scen.label.select_metric
 
   def val_score(p):
     return score(predict_episodes(predict_fn, p, data["tables"], scen.val, config.eval_chunk, val_arrays),
@@ -589,8 +589,7 @@ def build_setup(config: Config) -> Setup:
   fixed = ds.fixed_episodes and {k: [(u, si, label.encode(sy), qi, label.encode(qy)) for u, si, sy, qi, qy in v]
                                  for k, v in ds.fixed_episodes.items()}
   ds = dataclasses.replace(ds, ratings=label.encode(ds.ratings), fixed_episodes=fixed)
-  scen = build_scenarios(ds, config.task_config(), config.seed)
-  scen.label, scen.rating_scale = label, label.label_scale
+  scen = dataclasses.replace(build_scenarios(ds, config.task_config(), config.seed), label=label)
   if len(scen.train) == 0:
     raise ValueError(f"{config.dataset}: no meta-training tasks survive the {config.min_ratings}-"
                      f"{config.max_ratings} ratings filter")
@@ -603,7 +602,8 @@ def build_setup(config: Config) -> Setup:
                        output_bias=label.output_bias(global_mean), linear=config.linear, rank=config.rank, alpha=config.hybrid_alpha,
                        adapt_alpha=config.adapt_alpha)
   ctx = FitContext(model=model, fields=fields, n_items=ds.n_items, train_users=ctx_ratings[0],
-                   train_items=ctx_ratings[1], train_ratings=ctx_ratings[2], tables=tables)
+                   train_items=ctx_ratings[1], train_ratings=ctx_ratings[2], tables=tables,
+                   binary_labels=label.binary)
   data = device_data(scen.train, tables)
   example = featurize_episodes(data["tables"], jax.tree.map(lambda a: a[:1], data["episodes"]))
   return Setup(config=config, ds=ds, scen=scen, fields=fields, tables=tables, model=model, ctx=ctx, data=data,

@@ -13,7 +13,7 @@ from metarec_jax.labels import LabelSpec, auc_per_task, binary_metrics, masked_b
 from metarec_jax.learners import create_learner
 from metarec_jax.train import Config, label_spec, make_predict_fn, redraw_support_query, train_and_evaluate
 
-from helpers import tiny_setup
+from helpers import episode_batch, tiny_setup
 
 
 def test_encode_decode_and_levels():
@@ -104,7 +104,6 @@ def test_learners_output_logits_under_bce_and_the_predict_fn_applies_the_sigmoid
     assert learner.link == "sigmoid"
   assert create_learner("item_mean").link == "identity"
   learner = create_learner("pooled", model, loss="bce", levels=(0.0, 1.0))
-  from helpers import episode_batch
   ep = episode_batch(tables, scen.val, 2)
   params = learner.init(jax.random.key(0), ep, ctx)
   fn = make_predict_fn(learner)
@@ -138,3 +137,14 @@ def test_redraw_keeps_each_tasks_query_size():
       after = sorted(np.concatenate([np.asarray(out["query_item"][t])[np.asarray(out["query_mask"][t])],
                                      np.asarray(out["support_item"][t])[np.asarray(out["support_mask"][t])]]))
       assert before == after
+
+
+def test_recommend_adapts_on_encoded_ratings_and_reports_stars(tmp_path):
+  from metarec_jax.recommend import load_trained, recommend_for_new_user
+  config = Config(dataset="synthetic", synthetic_users=120, synthetic_items=80, learner="support_mean",
+                  label="scaled", baselines=(), embed_dim=4, hidden=(8,))
+  train_and_evaluate(config, str(tmp_path / "run"))
+  tr = load_trained(str(tmp_path / "run"))
+  out = recommend_for_new_user(tr, [(0, 5.0), (1, 3.0)], top_k=3)
+  # The support mean of the scaled ratings (1.0 and 0.5) is 0.75, i.e. 4 stars.
+  assert [row["score"] for row in out["top_k"]] == pytest.approx([4.0, 4.0, 4.0])

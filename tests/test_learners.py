@@ -141,3 +141,15 @@ def test_content_ridge_in_the_dual_equals_the_primal_ridge(setup):
     for reg in (0.5, 10.0):
       np.testing.assert_allclose(content_ridge_predict(ctx, known, Y, reg, dual=dual), X @ ridge(X[known], Y, reg),
                                  rtol=1e-8, atol=1e-10)
+
+
+def test_popularity_counts_positives_for_binary_labels_and_ratings_otherwise(setup):
+  _, _, _, ctx, _ = setup
+  items = np.array([0, 0, 1, 2, 2, 2])
+  labels = np.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0], np.float32)
+  for binary, want in ((True, [2, 0, 1]), (False, [2, 1, 3])):
+    c = ctx.__class__(**{**ctx.__dict__, "train_items": items, "train_ratings": labels, "train_users": items * 0,
+                         "binary_labels": binary, "memo": {}})
+    params = create_learner("popularity").init(None, None, c)
+    pop = np.asarray(params["popularity"])[:3]
+    np.testing.assert_allclose(pop, np.array(want) / max(want))

@@ -10,11 +10,11 @@ compiled function serves every batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 
 from metarec_jax.data.schema import Dataset
+from metarec_jax.labels import LabelSpec
 
 SCENARIOS = ("warm", "user_cold", "item_cold", "user_item_cold")
 
@@ -91,8 +91,9 @@ class Scenarios:
   val: Episodes
   test: dict[str, Episodes]  # keyed by SCENARIOS
   train_ratings: tuple[np.ndarray, np.ndarray, np.ndarray]  # (users, items, ratings) seen in training
-  rating_scale: tuple[float, float] = (1.0, 5.0)  # of the labels; error metrics clip to it
-  label: Any = None  # labels.LabelSpec of the run (set by train.build_setup); None: raw ratings
+  # How the episodes' labels encode ratings, and so the loss and metrics (set by
+  # train.build_setup; the default: raw 1-5 ratings).
+  label: LabelSpec = dataclasses.field(default_factory=LabelSpec)
 
 
 def split_users_items(ds: Dataset, cfg: TaskConfig, seed: int) -> ColdStartSplit:
@@ -188,8 +189,7 @@ def build_scenarios(ds: Dataset, cfg: TaskConfig, seed: int) -> Scenarios:
   tu = np.concatenate([np.full(len(it), u, np.int32) for u, it, _ in train_tasks]) if train_tasks else np.zeros(0, np.int32)
   ti = np.concatenate([it for _, it, _ in train_tasks]) if train_tasks else np.zeros(0, np.int32)
   tr = np.concatenate([r for _, _, r in train_tasks]) if train_tasks else np.zeros(0, np.float32)
-  return Scenarios(split=split, train=train, val=val, test=test, train_ratings=(tu, ti, tr),
-                   rating_scale=tuple(ds.rating_scale))
+  return Scenarios(split=split, train=train, val=val, test=test, train_ratings=(tu, ti, tr))
 
 
 def _fixed_scenarios(ds: Dataset) -> Scenarios:
@@ -215,8 +215,7 @@ def _fixed_scenarios(ds: Dataset) -> Scenarios:
   ti = np.concatenate([np.concatenate([t[1], t[3]]) for t in train]).astype(np.int32)
   tr = np.concatenate([np.concatenate([t[2], t[4]]) for t in train]).astype(np.float32)
   return Scenarios(split=split, train=_pack(train, S, Q), val=_pack(fe.get("val", []), S, Q),
-                   test={s: _pack(fe.get(s, []), S, Q) for s in SCENARIOS}, train_ratings=(tu, ti, tr),
-                   rating_scale=tuple(ds.rating_scale))
+                   test={s: _pack(fe.get(s, []), S, Q) for s in SCENARIOS}, train_ratings=(tu, ti, tr))
 
 
 def _group_by_user(ds: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:

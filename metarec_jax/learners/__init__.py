@@ -5,7 +5,7 @@ from __future__ import annotations
 from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, masked_mse
 from metarec_jax.learners.baselines import TRIVIAL, make_trivial
 from metarec_jax.learners.foldin import FOLDIN, make_foldin
-from metarec_jax.learners.set_models import SET_LEARNERS, make_set_learner
+from metarec_jax.learners.set_models import RATING_LEVELS, SET_LEARNERS, make_set_learner
 from metarec_jax.learners.maml import ADAPT_MODES, adapt_mask, make_gradient_learner
 
 LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile") + SET_LEARNERS + TRIVIAL + FOLDIN + ("pooled", "finetune")
@@ -13,7 +13,7 @@ LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile") + SET_LEARNERS + TRI
 
 def create_learner(name: str, model=None, *, inner_lr: float = 0.1, inner_steps: int = 1,
                    adapt: str = "head", first_order: bool = False, loss: str = "mse",
-                   levels: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0), **options) -> Learner:
+                   levels: tuple[float, ...] = RATING_LEVELS, **options) -> Learner:
   """Builds a learner by name. Gradient learners need `model`; fold-in baselines take their
   regularisation and rank as keyword `options`. `loss` ("mse", or "bce" for binary labels:
   the learner then outputs logits) and the label `levels` (prototype) apply to the learners

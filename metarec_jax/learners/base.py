@@ -47,6 +47,10 @@ class FitContext:
   train_items: np.ndarray
   train_ratings: np.ndarray
   tables: dict[str, np.ndarray] | None = None  # feature tables (host), for closed-form learners
+  binary_labels: bool = False  # labels are 0/1 (--label=binary or implicit feedback)
+  # Derived matrices that several learners built from this context share (e.g. the fold-ins'
+  # content regression across a validation grid); filled on first use.
+  memo: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
   @property
   def global_mean(self) -> float:

@@ -18,8 +18,7 @@ def _means(ctx: FitContext):
   sums = np.bincount(ctx.train_items, weights=ctx.train_ratings, minlength=ctx.n_items)
   counts = np.bincount(ctx.train_items, minlength=ctx.n_items)
   item_mean = np.where(counts > 0, sums / np.maximum(counts, 1), mu)
-  binary = len(ctx.train_ratings) > 0 and bool(np.isin(ctx.train_ratings, (0.0, 1.0)).all())
-  positive = ctx.train_ratings > 0.5 if binary else np.ones(len(ctx.train_ratings), bool)
+  positive = ctx.train_ratings > 0.5 if ctx.binary_labels else np.ones(len(ctx.train_ratings), bool)
   pop = np.bincount(ctx.train_items[positive], minlength=ctx.n_items).astype(np.float64)
   return {"mu": jnp.asarray(mu, jnp.float32), "item_mean": jnp.asarray(item_mean, jnp.float32),
           "popularity": jnp.asarray(pop / max(pop.max(), 1.0), jnp.float32)}

@@ -41,9 +41,6 @@ def ridge(X: np.ndarray, Y: np.ndarray, reg: float) -> np.ndarray:
   return np.linalg.solve(X.T @ X + reg * np.eye(X.shape[1]), X.T @ Y)
 
 
-_REGRESSORS: dict = {}  # id(ctx) -> (ctx, known, dual, X @ X_known^T or X): one per training context
-
-
 def content_ridge_predict(ctx: FitContext, known: np.ndarray, Y: np.ndarray, reg: float,
                           dual: bool | None = None) -> np.ndarray:
   """Ridge regression of the known items' targets Y [n_known, ...] on their content
@@ -51,18 +48,19 @@ def content_ridge_predict(ctx: FitContext, known: np.ndarray, Y: np.ndarray, reg
   (10,197 against ~3,400 on ML-1M) it is solved in the dual,
   X (X_k^T X_k + reg I)^-1 X_k^T Y = (X X_k^T) (X_k X_k^T + reg I)^-1 Y, an n_known-sized
   system; otherwise (e.g. Last.fm's 17 columns against 10,000 artists) in the primal. The
-  matrix each needs (X X_k^T, or X) is built once per training context and reused by every
-  configuration of the validation grid. `dual` forces the choice (tests)."""
-  hit = _REGRESSORS.get(id(ctx))
-  if hit is None or hit[0] is not ctx or not np.array_equal(hit[1], known) or (dual is not None and hit[2] != dual):
-    X = item_design_matrix(ctx)
-    use_dual = X.shape[1] > known.sum() if dual is None else dual
-    _REGRESSORS.clear()
-    hit = _REGRESSORS[id(ctx)] = (ctx, known.copy(), use_dual, X @ X[known].T if use_dual else X)
-  if not hit[2]:
-    X = hit[3]
+  matrix each needs (X X_k^T, or X) is built once per training context (`ctx.memo`) and
+  reused by every configuration of the validation grid. `dual` forces the choice (tests)."""
+  X = ctx.memo.get("item_design")
+  if X is None:
+    X = ctx.memo["item_design"] = item_design_matrix(ctx)
+  if dual is None:
+    dual = X.shape[1] > known.sum()
+  if not dual:
     return X @ ridge(X[known], Y, reg)
-  G = hit[3]
+  key = ("item_gram", known.tobytes())
+  G = ctx.memo.get(key)
+  if G is None:
+    G = ctx.memo[key] = X @ X[known].T
   K = G[known]
   return G @ np.linalg.solve(K + reg * np.eye(K.shape[0]), Y)
 

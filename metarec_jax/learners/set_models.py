@@ -51,11 +51,17 @@ from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, conca
 from metarec_jax.models.content import Embeddings
 
 SET_LEARNERS = ("neural_process", "in_context", "prototype", "matching")
+RATING_LEVELS = (1.0, 2.0, 3.0, 4.0, 5.0)  # default prototype levels (1-5 stars)
 
 
 def _masked_mean(v, mask):
   w = mask.astype(v.dtype)[..., None]
   return (v * w).sum(-2) / jnp.maximum(w.sum(-2), 1.0)
+
+
+def _gaussian_kl(mu_q, sigma_q, mu_p, sigma_p):
+  """KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2)), summed over dimensions."""
+  return (jnp.log(sigma_p / sigma_q) + (sigma_q ** 2 + (mu_q - mu_p) ** 2) / (2 * sigma_p ** 2) - 0.5).sum()
 
 
 def _half_gap(levels) -> float:
@@ -168,7 +174,7 @@ class Prototype(SetModel):
   fields: tuple[FieldSpec, ...]
   embed_dim: int = 32
   width: int = 64
-  levels: Sequence[float] = (1.0, 2.0, 3.0, 4.0, 5.0)
+  levels: Sequence[float] = RATING_LEVELS
   logit: bool = False  # binary labels (levels 0, 1): output the logit of level 1
 
   def setup(self):
@@ -286,7 +292,7 @@ class FactorInContext(nn.Module):
 
 class FactorPrototype(nn.Module):
   rank: int
-  levels: Sequence[float] = (1.0, 2.0, 3.0, 4.0, 5.0)
+  levels: Sequence[float] = RATING_LEVELS
 
   @nn.compact
   def __call__(self, q, e, mask, y):
@@ -318,7 +324,7 @@ class FactorMatching(nn.Module):
 
 def make_factor_set_learner(name: str, model, *, kl_weight: float = 0.1, latent: bool = False,
                             width: int = 64, loss: str = "mse",
-                            levels: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0)) -> Learner:
+                            levels: tuple[float, ...] = RATING_LEVELS) -> Learner:
   """A model- or metric-based learner on the cf / hybrid model: it infers the user vector and
   bias from the support (see the module docstring); meta-parameters are the factor model's
   ("model") and the set encoder's ("enc")."""
@@ -374,7 +380,7 @@ def make_factor_set_learner(name: str, model, *, kl_weight: float = 0.1, latent:
       z = mu1 + s1 * jax.random.normal(rng, mu1.shape)
       dp, db = encode(meta["enc"], q, e, ep.support, z=z)
       pred = predict(meta, {"dp": dp, "db": db}, ep.query.x)
-      kl = (jnp.log(s0 / s1) + (s1 ** 2 + (mu1 - mu0) ** 2) / (2 * s0 ** 2) - 0.5).sum()
+      kl = _gaussian_kl(mu1, s1, mu0, s0)
       return loss_fn(pred, ep.query.y, ep.query.mask) + kl_weight * kl
     return loss_fn(predict(meta, adapt(meta, ep.support), ep.query.x), ep.query.y, ep.query.mask)
 
@@ -383,7 +389,7 @@ def make_factor_set_learner(name: str, model, *, kl_weight: float = 0.1, latent:
 
 
 def make_set_learner(name: str, model, *, kl_weight: float = 0.1, latent: bool = False, width: int = 64,
-                     loss: str = "mse", levels: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0)) -> Learner:
+                     loss: str = "mse", levels: tuple[float, ...] = RATING_LEVELS) -> Learner:
   """Builds a model-based or metric-based learner: on the content model's fields, or on the
   cf / hybrid model's user vector (`make_factor_set_learner`)."""
   if getattr(model, "kind", None) in ("cf", "hybrid"):
@@ -419,8 +425,7 @@ def make_set_learner(name: str, model, *, kl_weight: float = 0.1, latent: bool =
       post = adapt(meta, concat_batches(ep.support, ep.query))
       z = post["z_mu"] + post["z_sigma"] * jax.random.normal(rng, post["z_mu"].shape)
       pred = net.apply(meta["model"], prior, ep.query.x, z, method="decode")
-      kl = (jnp.log(prior["z_sigma"] / post["z_sigma"])
-            + (post["z_sigma"] ** 2 + (post["z_mu"] - prior["z_mu"]) ** 2) / (2 * prior["z_sigma"] ** 2) - 0.5).sum()
+      kl = _gaussian_kl(post["z_mu"], post["z_sigma"], prior["z_mu"], prior["z_sigma"])
       return loss_fn(pred, ep.query.y, ep.query.mask) + kl_weight * kl
     return loss_fn(predict(meta, adapt(meta, ep.support), ep.query.x), ep.query.y, ep.query.mask)
 
