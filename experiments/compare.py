@@ -42,6 +42,9 @@ flags.DEFINE_bool("item_id_feature", _D.item_id_feature, "Add an item-id embeddi
 flags.DEFINE_list("ndcg_ks", [str(k) for k in _D.ndcg_ks], "Cut-offs of nDCG (and P/R@k for binary labels).")
 flags.DEFINE_integer("rank", _D.rank, "cf / hybrid: size of the user and item vectors.")
 flags.DEFINE_float("hybrid_alpha", _D.hybrid_alpha, "hybrid: fixed weight of the CF part (unset: learned).")
+flags.DEFINE_enum("base", "", ["", "als_foldin", "bias_foldin"], "Stack every meta-trained learner on this "
+                  "fold-in baseline: it predicts the baseline's residual (options chosen on validation; empty: none).")
+flags.DEFINE_integer("base_folds", _D.base_folds, "--base: folds of training users the base is cross-fitted over.")
 flags.DEFINE_list("learners", list(DEFAULT_LEARNERS), f"Meta-learners to compare (from {', '.join(LEARNERS)}).")
 flags.DEFINE_list("baselines", list(BASELINES), "Baselines, run once per seed.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
@@ -70,7 +73,8 @@ def main(argv):
     for seed in seeds:
       for j, name in enumerate(FLAGS.learners):
         config = Config(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, learner=name, seed=seed, model=FLAGS.model,
-                        rank=FLAGS.rank, hybrid_alpha=FLAGS.hybrid_alpha, label=FLAGS.label,
+                        rank=FLAGS.rank, hybrid_alpha=FLAGS.hybrid_alpha, label=FLAGS.label, base=FLAGS.base,
+                        base_folds=FLAGS.base_folds,
                         label_threshold=FLAGS.label_threshold, lastfm_protocol=FLAGS.lastfm_protocol,
                         ndcg_ks=tuple(int(k) for k in FLAGS.ndcg_ks), item_id_feature=FLAGS.item_id_feature,
                         epochs=FLAGS.epochs, patience=FLAGS.patience,
@@ -90,8 +94,11 @@ def main(argv):
     md, summary = build_table(runs, FLAGS.learners, ks)
     total = time.perf_counter() - t_start
     cmd = "python -m experiments.compare " + " ".join(sys.argv[1:])
+    stacked = (f"Every meta-trained learner, and the pooled and fine-tuned baselines, predicts the residual of "
+               f"`{FLAGS.base}` (cross-fitted over {FLAGS.base_folds} folds of the training users).\n\n"
+               if FLAGS.base else "")
     header = (f"# {FLAGS.dataset}: learners × scenarios × seeds {seeds}\n\nCommand: `{cmd}`\n\n"
-              f"Total wall time: {total:.0f} s\n\n")
+              f"{stacked}Total wall time: {total:.0f} s\n\n")
     os.makedirs(FLAGS.out, exist_ok=True)
     write_json_atomic(os.path.join(FLAGS.out, "results.json"),
                       {"command": cmd, "total_s": total, "summary": summary, "runs": runs})

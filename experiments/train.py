@@ -36,6 +36,9 @@ flags.DEFINE_enum("learner", _D.learner, list(LEARNERS), "Learner to meta-train.
 flags.DEFINE_integer("rank", _D.rank, "cf / hybrid models: size of the user and item vectors.")
 flags.DEFINE_float("hybrid_alpha", _D.hybrid_alpha, "hybrid model: fixed weight of the CF part in [0, 1] "
                    "(unset: a learned meta-parameter).")
+flags.DEFINE_enum("base", "", ["", "als_foldin", "bias_foldin"], "Stack every meta-trained learner on this "
+                  "fold-in baseline: it predicts the baseline's residual (options chosen on validation; empty: none).")
+flags.DEFINE_integer("base_folds", _D.base_folds, "--base: folds of training users the base is cross-fitted over.")
 flags.DEFINE_bool("adapt_alpha", _D.adapt_alpha, "hybrid model with a learned alpha: adapt it per task too.")
 flags.DEFINE_integer("inner_steps", _D.inner_steps, "Inner (adaptation) gradient steps.")
 flags.DEFINE_float("inner_lr", _D.inner_lr, "Inner (adaptation) learning rate.")
@@ -89,7 +92,7 @@ def _config_from_flags() -> Config:
       csv_rating_scale=tuple(_floats("csv_rating_scale", FLAGS.csv_rating_scale)) if FLAGS.csv_rating_scale else None,
       synthetic_items=FLAGS.synthetic_items, label=FLAGS.label, label_threshold=FLAGS.label_threshold,
       lastfm_protocol=FLAGS.lastfm_protocol, model=FLAGS.model, learner=FLAGS.learner, rank=FLAGS.rank,
-      hybrid_alpha=FLAGS.hybrid_alpha, adapt_alpha=FLAGS.adapt_alpha,
+      hybrid_alpha=FLAGS.hybrid_alpha, adapt_alpha=FLAGS.adapt_alpha, base=FLAGS.base, base_folds=FLAGS.base_folds,
       inner_steps=FLAGS.inner_steps, inner_lr=FLAGS.inner_lr, outer_lr=FLAGS.outer_lr,
       meta_batch_size=FLAGS.meta_batch_size, epochs=FLAGS.epochs, patience=FLAGS.patience, adapt=FLAGS.adapt,
       first_order=FLAGS.first_order, seed=FLAGS.seed, embed_dim=FLAGS.embed_dim,

@@ -24,6 +24,8 @@ from metarec_jax.data.tasks import SCENARIOS, Episodes, TaskConfig, build_scenar
 from metarec_jax.learners import FitContext, Learner, create_learner
 from metarec_jax.learners.baselines import TRIVIAL
 from metarec_jax.learners.base import Batch, Episode
+from metarec_jax.learners.foldin import FOLDIN
+from metarec_jax.learners.stacked import frozen_mask, make_stacked, unwrap
 from metarec_jax.models import create_model
 
 BASELINES = ("global_mean", "item_mean", "support_mean", "pooled", "finetune", "bias_foldin", "als_foldin")
@@ -74,6 +76,11 @@ class Config:
   rank: int = 32  # cf / hybrid: size of the user and item vectors
   hybrid_alpha: float | None = None  # hybrid: fixed weight of the CF part (None: learned)
   adapt_alpha: bool = False  # hybrid: adapt the learned alpha per task too
+  # Stacking: meta-learn the residual of a fold-in baseline ("" none, "als_foldin",
+  # "bias_foldin"; its options chosen on validation), cross-fitted over `base_folds` folds of
+  # the training users (learners/stacked.py).
+  base: str = ""
+  base_folds: int = 5
   learner: str = "maml"
   inner_steps: int = 5
   inner_lr: float = 0.1
@@ -134,6 +141,8 @@ class Config:
         (self.label is None or self.label in LABELS, f"label must be one of {', '.join(LABELS)}, got {self.label!r}"),
         (self.devices >= 0, f"devices must be >= 0 (0: all), got {self.devices}"),
         (self.task_chunk >= 0, f"task_chunk must be >= 0, got {self.task_chunk}"),
+        (self.base in ("",) + FOLDIN, f"base must be one of {', '.join(FOLDIN)} (or empty: none), got {self.base!r}"),
+        (self.base_folds >= 2, f"base_folds must be >= 2, got {self.base_folds}"),
         (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
         (self.rank >= 1, f"rank must be >= 1, got {self.rank}"),
         (self.csv_rating_scale is None or (len(self.csv_rating_scale) == 2
@@ -373,8 +382,11 @@ def warm_start(learner: Learner, params, pooled):
   the cf / hybrid models (their "model" is that network; the set encoder stays as
   initialised, which outputs no change of the user vector). On the content model they embed
   a (user, item) pair with the same field tables, so they take its embedding tables.
-  Baselines are returned unchanged.
+  Baselines are returned unchanged. A stacked learner (`--base`) warm-starts its wrapped
+  learner from the pooled network of the same stack; its base stays as fitted.
   """
+  if unwrap(params) is not params:
+    return {**params, "learner": warm_start(learner, unwrap(params), unwrap(pooled))}
   same_network = ("model" in params and jax.tree.structure(params["model"]) == jax.tree.structure(pooled["model"])
                   and jax.tree.map(jnp.shape, params["model"]) == jax.tree.map(jnp.shape, pooled["model"]))
   if learner.family == "optimisation" or (learner.family in ("model", "metric") and same_network):
@@ -421,6 +433,9 @@ def _fit(learner: Learner, params, data: dict, scen, config: Config, *, log: wri
   that step, as a kill would (tests only).
   """
   tx = optax.adamw(config.outer_lr, weight_decay=config.weight_decay) if config.weight_decay else optax.adam(config.outer_lr)
+  labels = frozen_mask(params)
+  if labels is not None:  # a stacked learner's base is fitted in closed form, never updated
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
   T, B = len(scen.train), config.meta_batch_size
   mesh = runtime.task_mesh(config.devices)
   runtime.check_divisible(B, mesh)
@@ -555,14 +570,39 @@ class Setup:
   ctx: FitContext
   data: dict  # {"episodes", "tables"} of the meta-training split, on the device
   example: Episode
+  selected: dict = dataclasses.field(default_factory=dict)  # fold-in name -> its validation pick
 
   def make(self, name: str, **kw) -> Learner:
+    """The learner `name` with the run's options; with `--base`, every meta-trained learner
+    predicts the residual of the base fold-in (chosen on validation)."""
     c = self.config
     label = self.scen.label
+    levels = label.levels()
+    if c.base:  # residuals are centred: the prototype levels are the label levels less the middle one
+      levels = tuple(float(v - levels[len(levels) // 2]) for v in levels)
     opts = dict(inner_lr=c.inner_lr, inner_steps=c.inner_steps, adapt=c.adapt, first_order=c.first_order,
-                loss=label.loss, levels=label.levels())
+                loss=label.loss, levels=levels)
     opts.update(kw)
-    return create_learner(name, self.model, **opts)
+    learner = create_learner(name, self.model, **opts)
+    if c.base and learner.meta_loss is not None:
+      learner = make_stacked(learner, self.select_foldin(c.base)["learner"], folds=c.base_folds)
+    return learner
+
+  def select_foldin(self, name: str) -> dict:
+    """The fold-in baseline `name` with the options of SELECTION_GRIDS[name] that score best
+    on the validation tasks (memoised): {"learner", "params", "options", "val", "predict_fn"}."""
+    if name not in self.selected:
+      best = None
+      for options in SELECTION_GRIDS[name]:
+        cand = create_learner(name, self.model, seed=self.config.seed, **options)
+        cand_params = self.init_params(cand)
+        fn = make_predict_fn(cand)
+        val = score(predict_episodes(fn, cand_params, self.data["tables"], self.scen.val, self.config.eval_chunk),
+                    self.scen.val, label=self.scen.label)[self.scen.label.select_metric]
+        if best is None or val < best["val"]:
+          best = {"learner": cand, "params": cand_params, "options": options, "val": val, "predict_fn": fn}
+      self.selected[name] = best
+    return self.selected[name]
 
   def init_params(self, learner: Learner):
     return learner.init(jax.random.key(self.config.seed), self.example, self.ctx)
@@ -586,6 +626,9 @@ def build_setup(config: Config) -> Setup:
                     csv_item_features=config.csv_item_features, csv_columns=config.csv_columns,
                     csv_rating_scale=config.csv_rating_scale, lastfm_protocol=config.lastfm_protocol)
   label = label_spec(config, ds)
+  if config.base and label.binary:
+    raise ValueError(f"--base={config.base} needs squared-error labels (--label=rating or scaled); {ds.name} has "
+                     "binary labels here, and a residual of a 0/1 label is not a label")
   fixed = ds.fixed_episodes and {k: [(u, si, label.encode(sy), qi, label.encode(qy)) for u, si, sy, qi, qy in v]
                                  for k, v in ds.fixed_episodes.items()}
   ds = dataclasses.replace(ds, ratings=label.encode(ds.ratings), fixed_episodes=fixed)
@@ -599,7 +642,7 @@ def build_setup(config: Config) -> Setup:
   ctx_ratings = scen.train_ratings
   global_mean = float(ctx_ratings[2].mean())
   model = create_model(config.model, fields=fields, embed_dim=config.embed_dim, hidden=config.hidden,
-                       output_bias=label.output_bias(global_mean), linear=config.linear, rank=config.rank, alpha=config.hybrid_alpha,
+                       output_bias=0.0 if config.base else label.output_bias(global_mean), linear=config.linear, rank=config.rank, alpha=config.hybrid_alpha,
                        adapt_alpha=config.adapt_alpha)
   ctx = FitContext(model=model, fields=fields, n_items=ds.n_items, train_users=ctx_ratings[0],
                    train_items=ctx_ratings[1], train_ratings=ctx_ratings[2], tables=tables,
@@ -651,7 +694,7 @@ def train_and_evaluate(config: Config, workdir: str, *, resume: bool = False, ex
     return FitCheckpoints(checkpoint_dir(workdir, name), keep=config.keep_checkpoints, every=config.checkpoint_every)
 
   st = build_setup(config)
-  ds, scen, model, ctx, data, example, make = st.ds, st.scen, st.model, st.ctx, st.data, st.example, st.make
+  ds, scen, ctx, data, example, make = st.ds, st.scen, st.ctx, st.data, st.example, st.make
   if ds.protocol_report:
     logging.info("%s protocol checks: %s", ds.name, json.dumps(ds.protocol_report, sort_keys=True))
   logging.info("%s tasks: train %d, validation %d, test %s", ds.name, len(scen.train), len(scen.val),
@@ -721,15 +764,15 @@ def train_and_evaluate(config: Config, workdir: str, *, resume: bool = False, ex
       _, results[name] = evaluate_all(b, b.init(init_rng, example, ctx))
     elif name == "pooled":
       _, results[name] = evaluate_all(make("pooled"), pooled_params())
-    else:  # chosen on validation: finetune (pooled network + SGD on the support) and the fold-ins
+    elif name in FOLDIN:  # chosen on validation (shared with --base)
+      best = st.select_foldin(name)
+      training[name] = {"selected": best["options"], "val_mae": best["val"]}
+      _, results[name] = evaluate_all(best["learner"], best["params"], predict_fn=best["predict_fn"])
+    else:  # finetune: the pooled network + SGD on the support, chosen on validation
       best = None
       for options in SELECTION_GRIDS[name]:
-        if name == "finetune":
-          cand = make("finetune", **options)
-          cand_params = pooled_params()
-        else:
-          cand = create_learner(name, model, seed=config.seed, **options)
-          cand_params = cand.init(init_rng, example, ctx)
+        cand = make("finetune", **options)
+        cand_params = pooled_params()
         fn = make_predict_fn(cand)
         val_mae = score(predict_episodes(fn, cand_params, data["tables"], scen.val, config.eval_chunk),
                         scen.val, label=scen.label)[scen.label.select_metric]
