@@ -65,15 +65,17 @@ def test_compare_tables_binary_runs_with_the_binary_metrics():
   assert "### auc (mean ± std over seeds)" in md and "### mae" not in md and "few-shot" not in md
 
 
-def test_compare_with_a_base_says_so_and_errors_cleanly(tmp_path):
+def test_compare_with_a_base_says_so_and_stacked_prototypes_use_residual_levels(tmp_path):
   out = str(tmp_path / "stacked")
-  proc = run_binary("experiments.compare", "--synthetic_users=120", "--synthetic_items=150", "--epochs=1",
-                    "--learners=neural_process", "--baselines=als_foldin", "--seeds=0", "--few_shot_ks=",
+  proc = run_binary("experiments.compare", "--synthetic_users=120", "--synthetic_items=150", "--epochs=2",
+                    "--learners=prototype", "--baselines=als_foldin,pooled", "--seeds=0", "--few_shot_ks=",
                     "--base=als_foldin", "--base_folds=2", "--noreport", f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   table = open(os.path.join(out, "table.md")).read()
-  assert "predicts the residual of `als_foldin`" in table and "| neural_process | model |" in table
-  proc = run_binary("experiments.compare", "--synthetic_users=120", "--synthetic_items=150", "--epochs=1",
-                    "--learners=maml", "--baselines=", "--seeds=0", "--few_shot_ks=", "--base=als_foldin",
-                    "--label=binary", "--noreport", f"--out={tmp_path}/binary")
-  assert proc.returncode == 2 and "residual of a 0/1 label" in proc.stderr, proc.stderr[-2000:]
+  assert "predicts the residual of `als_foldin`" in table and "| prototype | metric |" in table
+  res = json.load(open(os.path.join(out, "results.json")))["runs"][0]["final"]["results"]
+  assert set(res) == {"prototype", "als_foldin", "pooled"}
+  # The prototypes are built per residual level (the label levels less the middle one): with
+  # the raw 1-5 levels every residual would fall outside them and the stack would be far off.
+  for s in ("warm", "user_cold"):
+    assert res["prototype"][s]["mae"] < 1.1 * res["als_foldin"][s]["mae"], (s, res)
