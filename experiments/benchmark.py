@@ -309,7 +309,6 @@ def machine() -> dict:
 def growth_one(n_users: int) -> dict:
   """One size: generate, build episodes, one epoch; peak RSS after each phase."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
   import optax
 

@@ -13,14 +13,13 @@ default) <out>/report.md with the tables, the commands and the figures in <out>/
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from experiments import label_flags, runtime_flags  # label_flags: --label, --label_threshold, --lastfm_protocol
+from experiments import runtime_flags, shared_flags  # noqa: F401 (defines --label, --lastfm_protocol, --base, ...)
 
 from metarec_jax import report
 from metarec_jax.report import build_table
@@ -42,9 +41,6 @@ flags.DEFINE_bool("item_id_feature", _D.item_id_feature, "Add an item-id embeddi
 flags.DEFINE_list("ndcg_ks", [str(k) for k in _D.ndcg_ks], "Cut-offs of nDCG (and P/R@k for binary labels).")
 flags.DEFINE_integer("rank", _D.rank, "cf / hybrid: size of the user and item vectors.")
 flags.DEFINE_float("hybrid_alpha", _D.hybrid_alpha, "hybrid: fixed weight of the CF part (unset: learned).")
-flags.DEFINE_enum("base", "", ["", "als_foldin", "bias_foldin"], "Stack every meta-trained learner on this "
-                  "fold-in baseline: it predicts the baseline's residual (options chosen on validation; empty: none).")
-flags.DEFINE_integer("base_folds", _D.base_folds, "--base: folds of training users the base is cross-fitted over.")
 flags.DEFINE_list("learners", list(DEFAULT_LEARNERS), f"Meta-learners to compare (from {', '.join(LEARNERS)}).")
 flags.DEFINE_list("baselines", list(BASELINES), "Baselines, run once per seed.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")

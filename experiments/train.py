@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments import label_flags, runtime_flags  # label_flags: --label, --label_threshold, --lastfm_protocol
+from experiments import runtime_flags, shared_flags  # noqa: F401 (defines --label, --lastfm_protocol, --base, ...)
 
 from metarec_jax.data import DATASETS, DataError
 from metarec_jax.learners import ADAPT_MODES, LEARNERS
@@ -36,9 +36,6 @@ flags.DEFINE_enum("learner", _D.learner, list(LEARNERS), "Learner to meta-train.
 flags.DEFINE_integer("rank", _D.rank, "cf / hybrid models: size of the user and item vectors.")
 flags.DEFINE_float("hybrid_alpha", _D.hybrid_alpha, "hybrid model: fixed weight of the CF part in [0, 1] "
                    "(unset: a learned meta-parameter).")
-flags.DEFINE_enum("base", "", ["", "als_foldin", "bias_foldin"], "Stack every meta-trained learner on this "
-                  "fold-in baseline: it predicts the baseline's residual (options chosen on validation; empty: none).")
-flags.DEFINE_integer("base_folds", _D.base_folds, "--base: folds of training users the base is cross-fitted over.")
 flags.DEFINE_bool("adapt_alpha", _D.adapt_alpha, "hybrid model with a learned alpha: adapt it per task too.")
 flags.DEFINE_integer("inner_steps", _D.inner_steps, "Inner (adaptation) gradient steps.")
 flags.DEFINE_float("inner_lr", _D.inner_lr, "Inner (adaptation) learning rate.")

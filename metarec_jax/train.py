@@ -25,7 +25,7 @@ from metarec_jax.learners import FitContext, Learner, create_learner
 from metarec_jax.learners.baselines import TRIVIAL
 from metarec_jax.learners.base import Batch, Episode
 from metarec_jax.learners.foldin import FOLDIN
-from metarec_jax.learners.stacked import frozen_mask, make_stacked, unwrap
+from metarec_jax.learners.stacked import frozen_mask, make_stacked, residual_levels, unwrap
 from metarec_jax.models import create_model
 
 BASELINES = ("global_mean", "item_mean", "support_mean", "pooled", "finetune", "bias_foldin", "als_foldin")
@@ -577,31 +577,36 @@ class Setup:
     predicts the residual of the base fold-in (chosen on validation)."""
     c = self.config
     label = self.scen.label
-    levels = label.levels()
-    if c.base:  # residuals are centred: the prototype levels are the label levels less the middle one
-      levels = tuple(float(v - levels[len(levels) // 2]) for v in levels)
     opts = dict(inner_lr=c.inner_lr, inner_steps=c.inner_steps, adapt=c.adapt, first_order=c.first_order,
-                loss=label.loss, levels=levels)
+                loss=label.loss, levels=residual_levels(label.levels()) if c.base else label.levels())
     opts.update(kw)
     learner = create_learner(name, self.model, **opts)
     if c.base and learner.meta_loss is not None:
       learner = make_stacked(learner, self.select_foldin(c.base)["learner"], folds=c.base_folds)
     return learner
 
+  def select_on_validation(self, name: str, candidate: Callable[[dict], tuple[Learner, Any]]) -> dict:
+    """The options of SELECTION_GRIDS[name] whose candidate (`candidate(options)` -> (learner,
+    params)) scores best on the validation tasks (the label mode's select_metric):
+    {"learner", "params", "options", "val", "predict_fn"}."""
+    best = None
+    for options in SELECTION_GRIDS[name]:
+      cand, cand_params = candidate(options)
+      fn = make_predict_fn(cand)
+      val = score(predict_episodes(fn, cand_params, self.data["tables"], self.scen.val, self.config.eval_chunk),
+                  self.scen.val, label=self.scen.label)[self.scen.label.select_metric]
+      if best is None or val < best["val"]:
+        best = {"learner": cand, "params": cand_params, "options": options, "val": val, "predict_fn": fn}
+    return best
+
   def select_foldin(self, name: str) -> dict:
-    """The fold-in baseline `name` with the options of SELECTION_GRIDS[name] that score best
-    on the validation tasks (memoised): {"learner", "params", "options", "val", "predict_fn"}."""
+    """The fold-in baseline `name` chosen on validation (`select_on_validation`), memoised:
+    the baseline row and a stacked learner's base are the same fit."""
     if name not in self.selected:
-      best = None
-      for options in SELECTION_GRIDS[name]:
+      def candidate(options):
         cand = create_learner(name, self.model, seed=self.config.seed, **options)
-        cand_params = self.init_params(cand)
-        fn = make_predict_fn(cand)
-        val = score(predict_episodes(fn, cand_params, self.data["tables"], self.scen.val, self.config.eval_chunk),
-                    self.scen.val, label=self.scen.label)[self.scen.label.select_metric]
-        if best is None or val < best["val"]:
-          best = {"learner": cand, "params": cand_params, "options": options, "val": val, "predict_fn": fn}
-      self.selected[name] = best
+        return cand, self.init_params(cand)
+      self.selected[name] = self.select_on_validation(name, candidate)
     return self.selected[name]
 
   def init_params(self, learner: Learner):
@@ -745,6 +750,10 @@ def train_and_evaluate(config: Config, workdir: str, *, resume: bool = False, ex
                                          ckpt=checkpoints_for(learner.name), resume=resume, exit_at_step=exit_at_step)
   preds, results[learner.name] = evaluate_all(learner, params, predict_fn=predict_fn)
   timing[learner.name] = time.perf_counter() - t0
+  base_info = None
+  if config.base:  # which fit of the base the stacked learners predict the residual of
+    base = st.select_foldin(config.base)
+    base_info = {"name": config.base, "selected": base["options"], "val_mae": base["val"], "folds": config.base_folds}
   adaptation = {}
   if learner.family == "optimisation" and config.inner_steps > 0:
     frozen = make(config.learner, inner_steps=0)
@@ -769,17 +778,9 @@ def train_and_evaluate(config: Config, workdir: str, *, resume: bool = False, ex
       training[name] = {"selected": best["options"], "val_mae": best["val"]}
       _, results[name] = evaluate_all(best["learner"], best["params"], predict_fn=best["predict_fn"])
     else:  # finetune: the pooled network + SGD on the support, chosen on validation
-      best = None
-      for options in SELECTION_GRIDS[name]:
-        cand = make("finetune", **options)
-        cand_params = pooled_params()
-        fn = make_predict_fn(cand)
-        val_mae = score(predict_episodes(fn, cand_params, data["tables"], scen.val, config.eval_chunk),
-                        scen.val, label=scen.label)[scen.label.select_metric]
-        if best is None or val_mae < best[0]:
-          best = (val_mae, options, cand, cand_params, fn)
-      training[name] = {"selected": best[1], "val_mae": best[0]}
-      _, results[name] = evaluate_all(best[2], best[3], predict_fn=best[4])
+      best = st.select_on_validation(name, lambda options: (make("finetune", **options), pooled_params()))
+      training[name] = {"selected": best["options"], "val_mae": best["val"]}
+      _, results[name] = evaluate_all(best["learner"], best["params"], predict_fn=best["predict_fn"])
     timing[name] = time.perf_counter() - t0
 
   timing["total_s"] = time.perf_counter() - t_start
@@ -790,6 +791,7 @@ def train_and_evaluate(config: Config, workdir: str, *, resume: bool = False, ex
                   "n_new_items": int(scen.split.new_item.sum()),
                   **({"protocol": ds.protocol_report} if ds.protocol_report else {})},
       "learner": config.learner,
+      "base": base_info,  # --base: the fold-in every meta-trained learner was stacked on
       "families": families,
       "results": results,
       "adaptation": adaptation,

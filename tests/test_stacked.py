@@ -11,7 +11,7 @@ import pytest
 from helpers import episode_batch, task, tiny_setup
 from metarec_jax.learners import create_learner
 from metarec_jax.learners.base import Episode
-from metarec_jax.learners.stacked import BASE_KEY, fold_context, make_stacked
+from metarec_jax.learners.stacked import BASE_KEY, fold_context, frozen_mask, make_stacked, residual_levels
 from metarec_jax.train import (Config, create_train_state, device_data, fit, make_predict_fn, make_train_step,
                                predict_episodes, score, train_and_evaluate)
 
@@ -117,8 +117,7 @@ def test_base_stays_frozen_and_the_step_compiles_once(setup):
   traces = []
   step = make_train_step(learner, redraw=True, on_trace=lambda: traces.append(1))
   tx = optax.multi_transform({"train": optax.adamw(1e-2, weight_decay=0.5), "frozen": optax.set_to_zero()},
-                             {k: jax.tree.map(lambda _: "frozen" if k == BASE_KEY else "train", v)
-                              for k, v in params.items()})
+                             frozen_mask(params))
   state = create_train_state(jax.random.key(1), jax.tree.map(jnp.copy, params), tx)
   order = (8 * jnp.arange(3)[:, None] + jnp.arange(8)[None, :]) % len(scen.train)
   for _ in range(3):
@@ -161,3 +160,8 @@ def test_binary_labels_are_refused_before_training(tmp_path):
                   checkpoints=False)
   with pytest.raises(ValueError, match="residual of a 0/1 label"):
     train_and_evaluate(config, str(tmp_path / "binary"))
+
+
+def test_residual_levels_are_centred_on_the_middle_label_level():
+  assert residual_levels((1.0, 2.0, 3.0, 4.0, 5.0)) == (-2.0, -1.0, 0.0, 1.0, 2.0)
+  assert residual_levels((0.0, 0.25, 0.5, 0.75, 1.0)) == (-0.5, -0.25, 0.0, 0.25, 0.5)  # --label=scaled

@@ -40,7 +40,7 @@ r_i + alpha_i * (<dp, q_i> + db) (alpha_i = 1 for cf; the hybrid's weight of the
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax

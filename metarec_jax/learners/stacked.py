@@ -91,6 +91,12 @@ def make_stacked(learner: Learner, base: Learner, *, folds: int = 5) -> Learner:
                  meta_loss=meta_loss, link=learner.link)
 
 
+def residual_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
+  """Prototype levels for residuals, which are centred: the label levels less the middle one
+  (1-5 stars -> -2..2)."""
+  return tuple(float(v - levels[len(levels) // 2]) for v in levels)
+
+
 def frozen_mask(params) -> dict | None:
   """Pytree of labels for `optax.multi_transform`: "frozen" under the base, "train" elsewhere
   (None when `params` has no base)."""
@@ -104,4 +110,4 @@ def unwrap(params):
   return params["learner"] if isinstance(params, dict) and BASE_KEY in params else params
 
 
-__all__ = ["make_stacked", "fold_context", "frozen_mask", "unwrap", "BASE_KEY"]
+__all__ = ["make_stacked", "fold_context", "frozen_mask", "residual_levels", "unwrap", "BASE_KEY"]

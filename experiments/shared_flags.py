@@ -1,9 +1,11 @@
-"""Flags shared by the train and compare binaries: the label mode and the Last.fm protocol."""
+"""Flags shared by the train and compare binaries: the label mode, the Last.fm protocol and
+stacking on a fold-in (--base)."""
 
 from absl import flags
 
 from metarec_jax.data.lastfm import LASTFM_PROTOCOLS
 from metarec_jax.labels import LABELS
+from metarec_jax.learners import FOLDIN
 from metarec_jax.train import Config
 
 _D = Config()
@@ -14,3 +16,6 @@ flags.DEFINE_float("label_threshold", _D.label_threshold, "--label=binary: a rat
 flags.DEFINE_enum("lastfm_protocol", _D.lastfm_protocol, list(LASTFM_PROTOCOLS),
                   "--dataset=lastfm: TaNP's exact episodes, or a fresh split by its recipe (70/10/20 users with "
                   "30-200 interactions, support 20, query the rest).")
+flags.DEFINE_enum("base", _D.base, [""] + list(FOLDIN), "Stack every meta-trained learner on this fold-in "
+                  "baseline: it predicts the baseline's residual (options chosen on validation; empty: none).")
+flags.DEFINE_integer("base_folds", _D.base_folds, "--base: folds of training users the base is cross-fitted over.")
