@@ -72,7 +72,7 @@ def main(argv):
                         rank=FLAGS.rank, hybrid_alpha=FLAGS.hybrid_alpha, label=FLAGS.label, base=FLAGS.base,
                         base_folds=FLAGS.base_folds,
                         label_threshold=FLAGS.label_threshold, lastfm_protocol=FLAGS.lastfm_protocol,
-                        ndcg_ks=tuple(int(k) for k in FLAGS.ndcg_ks), item_id_feature=FLAGS.item_id_feature,
+                        cooc_dim=FLAGS.cooc_dim, ndcg_ks=tuple(int(k) for k in FLAGS.ndcg_ks), item_id_feature=FLAGS.item_id_feature,
                         epochs=FLAGS.epochs, patience=FLAGS.patience,
                         baselines=tuple(FLAGS.baselines) if j == 0 else (),
                         few_shot_ks=tuple(ks), few_shot_scenarios=tuple(FLAGS.few_shot_scenarios),

@@ -1,5 +1,5 @@
-"""Flags shared by the train and compare binaries: the label mode, the Last.fm protocol and
-stacking on a fold-in (--base)."""
+"""Flags shared by the train and compare binaries: the label mode, the Last.fm protocol, the
+implicit datasets' co-occurrence feature and stacking on a fold-in (--base)."""
 
 from absl import flags
 
@@ -16,6 +16,8 @@ flags.DEFINE_float("label_threshold", _D.label_threshold, "--label=binary: a rat
 flags.DEFINE_enum("lastfm_protocol", _D.lastfm_protocol, list(LASTFM_PROTOCOLS),
                   "--dataset=lastfm: TaNP's exact episodes, or a fresh split by its recipe (70/10/20 users with "
                   "30-200 interactions, support 20, query the rest).")
+flags.DEFINE_integer("cooc_dim", _D.cooc_dim, "lastfm / hetrec-lastfm: width of the item co-occurrence "
+                     "embedding feature (truncated SVD of the training users' positives, cross-fitted; 0: none).")
 flags.DEFINE_enum("base", _D.base, [""] + list(FOLDIN), "Stack every meta-trained learner on this fold-in "
                   "baseline: it predicts the baseline's residual (options chosen on validation; empty: none).")
 flags.DEFINE_integer("base_folds", _D.base_folds, "--base: folds of training users the base is cross-fitted over.")

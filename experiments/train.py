@@ -88,7 +88,7 @@ def _config_from_flags() -> Config:
       csv_item_features=FLAGS.csv_item_features, csv_columns=tuple(FLAGS.csv_columns),
       csv_rating_scale=tuple(_floats("csv_rating_scale", FLAGS.csv_rating_scale)) if FLAGS.csv_rating_scale else None,
       synthetic_items=FLAGS.synthetic_items, label=FLAGS.label, label_threshold=FLAGS.label_threshold,
-      lastfm_protocol=FLAGS.lastfm_protocol, model=FLAGS.model, learner=FLAGS.learner, rank=FLAGS.rank,
+      lastfm_protocol=FLAGS.lastfm_protocol, cooc_dim=FLAGS.cooc_dim, model=FLAGS.model, learner=FLAGS.learner, rank=FLAGS.rank,
       hybrid_alpha=FLAGS.hybrid_alpha, adapt_alpha=FLAGS.adapt_alpha, base=FLAGS.base, base_folds=FLAGS.base_folds,
       inner_steps=FLAGS.inner_steps, inner_lr=FLAGS.inner_lr, outer_lr=FLAGS.outer_lr,
       meta_batch_size=FLAGS.meta_batch_size, epochs=FLAGS.epochs, patience=FLAGS.patience, adapt=FLAGS.adapt,

@@ -19,7 +19,8 @@ from metarec_jax import runtime, writers
 from metarec_jax.labels import LABELS, LINKS, LabelSpec
 from metarec_jax.checkpoint import FitCheckpoints, checkpoint_dir
 from metarec_jax.data import load_dataset
-from metarec_jax.data.features import ITEM_ID_FIELD, feature_tables, featurize, leave_own_out
+from metarec_jax.data.lastfm import COOC_DIM
+from metarec_jax.data.features import ITEM_ID_FIELD, feature_tables, featurize, leave_own_out, support_cooc
 from metarec_jax.data.tasks import SCENARIOS, Episodes, TaskConfig, build_scenarios
 from metarec_jax.learners import FitContext, Learner, create_learner
 from metarec_jax.learners.baselines import TRIVIAL
@@ -46,8 +47,9 @@ def with_dataset_defaults(config: "Config", explicit=()) -> "Config":
   return dataclasses.replace(config, **over)
 
 
-# Also available on request: item popularity (a ranking baseline, for implicit feedback).
-ALL_BASELINES = BASELINES + ("popularity",)
+# Also available on request, for implicit feedback: item popularity and item neighbours in
+# the co-occurrence embedding (ranking baselines).
+ALL_BASELINES = BASELINES + ("popularity", "cooc_knn")
 # Hyperparameter grids of the baselines, chosen on the validation users.
 SELECTION_GRIDS = {
     "finetune": tuple({"inner_lr": lr, "inner_steps": steps} for lr in (0.003, 0.01, 0.03, 0.1, 0.3) for steps in (1, 5)),
@@ -70,6 +72,7 @@ class Config:
   csv_columns: tuple[str, ...] = ()  # feature column types, "name:categorical|multihot:SEP|numeric|title"
   csv_rating_scale: tuple[float, ...] | None = None  # (lo, hi); default: the observed range
   lastfm_protocol: str = "episodes"  # --dataset=lastfm: TaNP's exact episodes, or "fresh" (its split recipe)
+  cooc_dim: int = COOC_DIM  # lastfm / hetrec-lastfm: width of the item co-occurrence field (0: none)
   label: str | None = None  # rating | scaled | binary (None: binary for implicit-feedback data, else rating)
   label_threshold: float = 4.0  # binary labels: rating >= threshold is positive
   model: str = "content"
@@ -190,6 +193,7 @@ def featurize_episodes(tables: dict, ep: dict) -> Episode:
                      ep["support_rating"], ep["support_mask"])
   qx = leave_own_out(tables, featurize(tables, ep["user"], ep["query_item"]), ep["user"], ep["query_item"],
                      ep["query_rating"], ep["query_mask"])
+  sx, qx = support_cooc(sx, ep["support_rating"], ep["support_mask"], qx)
   return Episode(Batch(sx, ep["support_rating"], ep["support_mask"]),
                  Batch(qx, ep["query_rating"], ep["query_mask"]))
 
@@ -629,7 +633,8 @@ def build_setup(config: Config) -> Setup:
                     synthetic_users=config.synthetic_users, synthetic_items=config.synthetic_items,
                     csv_ratings=config.csv_ratings, csv_user_features=config.csv_user_features,
                     csv_item_features=config.csv_item_features, csv_columns=config.csv_columns,
-                    csv_rating_scale=config.csv_rating_scale, lastfm_protocol=config.lastfm_protocol)
+                    csv_rating_scale=config.csv_rating_scale, lastfm_protocol=config.lastfm_protocol,
+                    cooc_dim=config.cooc_dim)
   label = label_spec(config, ds)
   if config.base and label.binary:
     raise ValueError(f"--base={config.base} needs squared-error labels (--label=rating or scaled); {ds.name} has "

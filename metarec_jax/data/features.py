@@ -14,12 +14,17 @@ def feature_tables(ds: Dataset, *, known_items: np.ndarray | None = None,
                    item_id: bool = False) -> tuple[tuple[FieldSpec, ...], dict[str, np.ndarray]]:
   """The model's fields and their lookup tables.
 
-  With `item_id`, an "item/id" field is added: item i gets id i + 1 if `known_items[i]`
+  Implicit datasets with the item/cooc field also get the COOC_SUPPORT_FIELD (no table; it is
+  computed per episode from the support, `support_cooc`). With `item_id`, an "item/id" field is
+  added: item i gets id i + 1 if `known_items[i]`
   (it has training ratings) and the shared unknown id 0 otherwise, so new items are
   scored from their content features alone.
   """
   fields = tuple(ds.fields)
-  tables = {spec.name: np.asarray(ds.features[spec.name], np.int32) for spec in fields}
+  tables = {spec.name: np.asarray(ds.features[spec.name], np.float32 if spec.kind == "dense" else np.int32)
+            for spec in fields}
+  if COOC_FIELD in tables:  # the support-conditioned pair field (no table: built per episode)
+    fields = fields + (FieldSpec(COOC_SUPPORT_FIELD, "dense", 2),)
   tables.update({k: np.asarray(v) for k, v in ds.features.items() if k.startswith("_")})  # helper tables
   if item_id:
     known = np.ones(ds.n_items, bool) if known_items is None else np.asarray(known_items, bool)
@@ -69,10 +74,111 @@ def popularity_bucket(counts):
 
 def leave_own_out(tables: dict, x: dict, user, items, labels, mask) -> dict:
   """Recomputes the popularity field of [T, N] pairs without the pair's own positive label
-  when the pair's user is a training user (no-op for datasets without the field)."""
+  when the pair's user is a training user, and takes their co-occurrence field from the fit
+  without their fold (`out_of_fold_cooc`); no-op for datasets without these fields."""
+  x = out_of_fold_cooc(tables, x, user)
   if POSITIVE_COUNTS not in tables or POPULARITY_FIELD not in x:
     return x
   own = tables[TRAIN_USER][user][:, None] & (labels > 0.5) & mask
   x = dict(x)
   x[POPULARITY_FIELD] = popularity_bucket(tables[POSITIVE_COUNTS][items] - own.astype(jnp.int32))
   return x
+
+
+# Co-occurrence embeddings as an item feature (implicit-feedback datasets). Negatives are
+# sampled uniformly, positives are not: an item that training users listen to together with
+# the items of a user's support positives is likely a positive too. Each item gets the row of
+# V_d S_d from the truncated SVD of the training users' 0/1 positive matrix (so dot products
+# approximate co-occurrence counts), divided by one scale so rows are O(1). A training user's
+# own positives must not shape the vectors their pairs are featurised with, so the training
+# users are split into COOC_FOLDS folds by user index (as the stacked base is); a training
+# user's pairs use the fit without their fold, rotated onto the full fit (orthogonal
+# Procrustes) so one learned projection reads every fit alike; everyone else uses the full fit.
+COOC_FIELD = "item/cooc"
+COOC_FOLD_TABLES = "_cooc_folds"  # [folds, n_items, d]
+COOC_FOLD_OF_USER = "_cooc_fold"  # [n_users] int32: the training user's fold, -1 otherwise
+COOC_FOLDS = 5
+
+
+def _svd_rows(pos: np.ndarray, gram: np.ndarray, keep: np.ndarray, dim: int) -> np.ndarray:
+  """Rows of V_d S_d for the users `keep` of the 0/1 matrix `pos` [users, items] (via the users'
+  Gram matrix: V S = pos^T A for its eigenvectors A), zero-padded to `dim` columns."""
+  if not keep.any():
+    return np.zeros((pos.shape[1], dim))
+  w, a = np.linalg.eigh(gram[np.ix_(keep, keep)])
+  top = np.argsort(w)[::-1][:dim]
+  top = top[w[top] > 1e-9 * max(float(w.max()), 1.0)]
+  e = pos[keep].T @ a[:, top]
+  return np.pad(e, ((0, 0), (0, dim - e.shape[1])))
+
+
+def cooccurrence_tables(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, dim: int,
+                        folds: int = COOC_FOLDS) -> dict[str, np.ndarray]:
+  """The item/cooc field [n_items, dim] (float32) and its cross-fitted helper tables from the
+  training users' positive (user, item) pairs."""
+  if dim < 1 or folds < 2:
+    raise ValueError(f"co-occurrence embeddings need dim >= 1 and folds >= 2, got dim={dim}, folds={folds}")
+  train, row = np.unique(users, return_inverse=True)
+  pos = np.zeros((len(train), n_items), np.float64)
+  pos[row, items] = 1.0
+  gram = pos @ pos.T
+  full = _svd_rows(pos, gram, np.ones(len(train), bool), dim)
+  seen = pos.sum(0) > 0
+  scale = float(np.sqrt((full[seen] ** 2).sum(1).mean())) if seen.any() else 1.0
+  scale = scale if scale > 0 else 1.0
+  fold_of = train % folds
+  fits = []
+  for f in range(folds):
+    e = _svd_rows(pos, gram, fold_of != f, dim)
+    p, _, qt = np.linalg.svd(e.T @ full)
+    fits.append(e @ (p @ qt))
+  fold_of_user = np.full(n_users, -1, np.int32)
+  fold_of_user[train] = fold_of
+  return {COOC_FIELD: (full / scale).astype(np.float32),
+          COOC_FOLD_TABLES: (np.stack(fits) / scale).astype(np.float32), COOC_FOLD_OF_USER: fold_of_user}
+
+
+def out_of_fold_cooc(tables: dict, x: dict, user) -> dict:
+  """The item/cooc field of [T, N] pairs from the fit without the user's fold when the user is a
+  training user (no-op for datasets without the field)."""
+  if COOC_FOLD_TABLES not in tables or COOC_FIELD not in x:
+    return x
+  fold = tables[COOC_FOLD_OF_USER][user]  # [T]
+  rows = tables[COOC_FOLD_TABLES][jnp.maximum(fold, 0)[:, None], x["item"]]  # [T, N, d]
+  x = dict(x)
+  x[COOC_FIELD] = jnp.where((fold >= 0)[:, None, None], rows, x[COOC_FIELD])
+  return x
+
+
+# The support-conditioned view of the same embeddings (a pair feature, added per episode by
+# train.featurize_episodes): for each pair, the mean dot product of its item's co-occurrence
+# vector with the vectors of the support's positives and with those of its negatives (a
+# support pair leaves itself out; 0 where there is none). The cooc_knn baseline ranks by the
+# first; a model gets both as a dense field and learns how to weigh them.
+COOC_SUPPORT_FIELD = "item/cooc_support"
+
+
+def _similarity(e, e_support, weight, leave_out=None):
+  """Mean <e, e_j> over the support items j with weight 1 ([T, N] from e [T, N, d], e_support
+  [T, S, d], weight [T, S]); with `leave_out` [T, N] (support pairs: their own weight), the pair's
+  own item is left out of its mean."""
+  total = jnp.einsum("tnd,td->tn", e, jnp.einsum("tsd,ts->td", e_support, weight))
+  count = jnp.broadcast_to(weight.sum(-1, keepdims=True), total.shape)
+  if leave_out is not None:
+    total = total - leave_out * (e * e).sum(-1)
+    count = count - leave_out
+  return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
+
+
+def support_cooc(sx: dict, s_labels, s_mask, qx: dict) -> tuple[dict, dict]:
+  """Adds the COOC_SUPPORT_FIELD ([T, N, 2]) to the support and query features of an episode
+  (no-op without the item/cooc field)."""
+  if COOC_FIELD not in sx:
+    return sx, qx
+  es, eq = sx[COOC_FIELD], qx[COOC_FIELD]
+  pos = (s_mask & (s_labels > 0.5)).astype(es.dtype)
+  neg = (s_mask & (s_labels <= 0.5)).astype(es.dtype)
+  sx, qx = dict(sx), dict(qx)
+  sx[COOC_SUPPORT_FIELD] = jnp.stack([_similarity(es, es, pos, pos), _similarity(es, es, neg, neg)], -1)
+  qx[COOC_SUPPORT_FIELD] = jnp.stack([_similarity(eq, es, pos), _similarity(eq, es, neg)], -1)
+  return sx, qx

@@ -11,13 +11,17 @@ class DataError(ValueError):
   """Bad input data. The message names the file, the line or field, and what was expected."""
 
 
+FIELD_KINDS = ("categorical", "multihot", "dense")
+
+
 @dataclasses.dataclass(frozen=True)
 class FieldSpec:
   """One embedded feature field.
 
   name: "user/<field>" or "item/<field>".
-  kind: "categorical" (table shape [n]) or "multihot" (table shape [n, k], -1 padded).
-  vocab_size: number of distinct ids; valid ids are 0..vocab_size-1.
+  kind: "categorical" (table shape [n]), "multihot" (table shape [n, k], -1 padded) or
+    "dense" (float table [n, k]: a fixed vector per row, projected by a learned matrix).
+  vocab_size: number of distinct ids; valid ids are 0..vocab_size-1 ("dense": the width k).
   """
 
   name: str
@@ -25,8 +29,8 @@ class FieldSpec:
   vocab_size: int
 
   def __post_init__(self):
-    if self.kind not in ("categorical", "multihot"):
-      raise ValueError(f"FieldSpec {self.name!r}: kind must be 'categorical' or 'multihot', got {self.kind!r}")
+    if self.kind not in FIELD_KINDS:
+      raise ValueError(f"FieldSpec {self.name!r}: kind must be one of {', '.join(FIELD_KINDS)}, got {self.kind!r}")
     if not self.name.startswith(("user/", "item/")):
       raise ValueError(f"FieldSpec name must start with 'user/' or 'item/', got {self.name!r}")
 
@@ -91,6 +95,11 @@ class Dataset:
       rows = self.n_users if spec.name.startswith("user/") else self.n_items
       if table.shape[0] != rows:
         raise DataError(f"{self.name}: feature {spec.name!r} has {table.shape[0]} rows, expected {rows}")
+      if spec.kind == "dense":
+        if table.shape[1:] != (spec.vocab_size,) or not np.isfinite(table).all():
+          raise DataError(f"{self.name}: dense feature {spec.name!r} must be a finite [{rows}, {spec.vocab_size}] "
+                          f"table, got shape {table.shape}")
+        continue
       if table.size and (table.max() >= spec.vocab_size or table.min() < -1):
         raise DataError(f"{self.name}: feature {spec.name!r} has ids outside [0, {spec.vocab_size})")
       if spec.kind == "categorical" and table.ndim == 1 and table.size and table.min() < 0:

@@ -1,7 +1,12 @@
 """Trivial, non-learned baselines: global mean, item mean, the user's support mean, and item
 popularity (the item's number of positive training labels when the labels are 0/1, else
 its number of training ratings, divided by the largest count so that it lies in [0, 1]).
-Popularity is a ranking baseline: its values are not ratings."""
+Popularity is a ranking baseline: its values are not ratings.
+
+cooc_knn (implicit feedback with the item/cooc field, data/features.py): item-based
+neighbours in the co-occurrence embedding, score(i) = <e_i, sum of e_j over the support's
+positives j>, i.e. approximately the number of training users' co-occurrences of i with the
+user's positives; squashed monotonically into (0, 1), so it too is a ranking baseline."""
 
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ import numpy as np
 
 from metarec_jax.learners.base import Batch, FitContext, Learner
 
-TRIVIAL = ("global_mean", "item_mean", "support_mean", "popularity")
+from metarec_jax.data.features import COOC_FIELD
+
+TRIVIAL = ("global_mean", "item_mean", "support_mean", "popularity", "cooc_knn")
 
 
 def _means(ctx: FitContext):
@@ -30,12 +37,26 @@ def make_trivial(name: str) -> Learner:
 
   def init(rng, example, ctx: FitContext):
     del rng, example
-    return _means(ctx)
+    params = _means(ctx)
+    if name == "cooc_knn":
+      if not ctx.binary_labels or COOC_FIELD not in (ctx.tables or {}):
+        raise ValueError("the cooc_knn baseline needs implicit 0/1 feedback with the item/cooc field "
+                         "(--dataset=lastfm or hetrec-lastfm with --cooc_dim > 0)")
+      e = np.asarray(ctx.tables[COOC_FIELD], np.float32)
+      seen = np.abs(e).sum(1) > 0
+      params["cooc"] = jnp.asarray(e)
+      params["cooc_mean"] = jnp.asarray(e[seen].mean(0) if seen.any() else np.zeros(e.shape[1], np.float32))
+    return params
 
   def adapt(params, support: Batch):
     n = support.mask.sum()
     mean = jnp.sum(support.y * support.mask) / jnp.maximum(n, 1)
-    return {"support_mean": jnp.where(n > 0, mean, params["mu"])}
+    state = {"support_mean": jnp.where(n > 0, mean, params["mu"])}
+    if name == "cooc_knn":
+      pos = support.mask * (support.y > 0.5)
+      v = (params["cooc"][support.x["item"]] * pos[..., None]).sum(-2)
+      state["cooc_user"] = jnp.where(pos.sum() > 0, v, params["cooc_mean"])
+    return state
 
   def predict(params, state, x):
     items = x["item"]
@@ -45,6 +66,9 @@ def make_trivial(name: str) -> Learner:
       return params["item_mean"][items]
     if name == "popularity":
       return params["popularity"][items]
+    if name == "cooc_knn":
+      score = params["cooc"][items] @ state["cooc_user"]
+      return 0.5 + 0.5 * score / (1.0 + jnp.abs(score))
     return jnp.full(items.shape, state["support_mean"])
 
   return Learner(name=name, family="baseline", init=init, adapt=adapt, predict=predict, meta_loss=None)

@@ -21,10 +21,14 @@ FOLDIN = ("bias_foldin", "als_foldin")
 
 
 def item_design_matrix(ctx: FitContext) -> np.ndarray:
-  """[n_items, F] one-hot / multi-hot item content features plus an intercept column."""
+  """[n_items, F] one-hot / multi-hot item content features (dense fields as they are) plus an
+  intercept column."""
   cols = [np.ones((ctx.n_items, 1))]
   for spec in ctx.fields:
-    if not spec.name.startswith("item/") or spec.name == ITEM_ID_FIELD:
+    if not spec.name.startswith("item/") or spec.name == ITEM_ID_FIELD or spec.name not in ctx.tables:
+      continue  # (a field without a table is built per episode, e.g. the support co-occurrence)
+    if spec.kind == "dense":
+      cols.append(np.asarray(ctx.tables[spec.name], np.float64))
       continue
     ids = np.asarray(ctx.tables[spec.name])
     ids = ids[:, None] if ids.ndim == 1 else ids

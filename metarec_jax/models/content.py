@@ -24,12 +24,15 @@ ONE_HOT_MAX_VOCAB = 64
 
 def embed_field(table: jnp.ndarray, spec: FieldSpec, ids: jnp.ndarray) -> jnp.ndarray:
   """Categorical: table[ids] -> [..., d]. Multi-hot ([..., k], -1 padded): mean of valid rows.
+  Dense ([..., k] floats): their projection by the table (a [k, d] matrix).
 
   Small vocabularies (<= ONE_HOT_MAX_VOCAB rows) use a (multi-)hot weight matrix times the
   table: the same values, but the gradient is a matmul instead of a scatter-add, which is
   much faster on CPU. Larger tables gather rows; padding slots gather nothing.
   """
   table = jnp.asarray(table)
+  if spec.kind == "dense":
+    return ids.astype(table.dtype) @ table
   vocab = table.shape[0]
   if vocab <= ONE_HOT_MAX_VOCAB:
     if spec.kind == "categorical":

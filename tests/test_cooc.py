@@ -1,0 +1,160 @@
+"""The implicit datasets' item co-occurrence features (data/features.py), the dense field kind
+that carries them, and the cooc_knn baseline."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metarec_jax.data.features import (COOC_FIELD, COOC_FOLD_OF_USER, COOC_FOLD_TABLES, COOC_SUPPORT_FIELD,
+                                       cooccurrence_tables, feature_tables, featurize, out_of_fold_cooc, support_cooc)
+from metarec_jax.data.schema import DataError, FieldSpec
+from metarec_jax.learners import FitContext, create_learner
+from metarec_jax.learners.base import Batch
+from metarec_jax.models.content import embed_field
+
+
+def _positives(seed=0, n_users=40, n_items=30):
+  rng = np.random.default_rng(seed)
+  taste = rng.integers(0, 3, n_users)
+  users, items = [], []
+  for u in range(n_users):
+    liked = rng.choice(np.arange(taste[u] * 10, taste[u] * 10 + 10), size=5, replace=False)
+    users += [u] * 5
+    items += list(liked)
+  return np.array(users), np.array(items)
+
+
+def test_full_fit_dot_products_are_the_cooccurrence_counts():
+  users, items = _positives()
+  n_items = 30
+  t = cooccurrence_tables(users, items, n_users=45, n_items=n_items, dim=40)  # dim >= rank: exact
+  pos = np.zeros((40, n_items))
+  pos[users, items] = 1
+  e = t[COOC_FIELD].astype(np.float64)
+  gram = e @ e.T
+  ratio = gram[pos.T @ pos > 0] / (pos.T @ pos)[pos.T @ pos > 0]
+  np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)  # one common scale
+  np.testing.assert_allclose(gram, (pos.T @ pos) * ratio[0], atol=1e-4)
+  seen = pos.sum(0) > 0
+  np.testing.assert_allclose((e[seen] ** 2).sum(1).mean(), 1.0, rtol=1e-5)  # rows are O(1)
+  np.testing.assert_array_equal(t[COOC_FOLD_OF_USER][:40], np.arange(40) % 5)
+  np.testing.assert_array_equal(t[COOC_FOLD_OF_USER][40:], -1)  # not training users
+
+
+def test_a_fold_fit_never_sees_its_own_users():
+  users, items = _positives()
+  base = cooccurrence_tables(users, items, n_users=40, n_items=30, dim=6)
+  # Change what user 3 (fold 3) liked: fold 3's geometry (every dot product between items) must
+  # not move, up to the one common scale and the rotation onto the full fit, which both read
+  # the full fit; the other folds' geometry and the full fit's do move.
+  keep = users != 3
+  u2 = np.concatenate([users[keep], [3, 3, 3]])
+  i2 = np.concatenate([items[keep], [0, 15, 29]])
+  other = cooccurrence_tables(u2, i2, n_users=40, n_items=30, dim=6)
+
+  def gram(e):
+    e = e.astype(np.float64)
+    return e @ e.T
+
+  g_base, g_other = gram(base[COOC_FOLD_TABLES][3]), gram(other[COOC_FOLD_TABLES][3])
+  factor = g_other.sum() / g_base.sum()
+  assert abs(factor - 1.0) < 0.1
+  np.testing.assert_allclose(g_other, factor * g_base, atol=1e-4)
+  for e_base, e_other in ((base[COOC_FIELD], other[COOC_FIELD]),
+                          (base[COOC_FOLD_TABLES][0], other[COOC_FOLD_TABLES][0])):
+    g0, g1 = gram(e_base), gram(e_other)
+    assert np.abs(g1 - g1.sum() / g0.sum() * g0).max() > 1e-2
+
+
+def test_fold_fits_are_rotated_onto_the_full_fit():
+  users, items = _positives(n_users=200)
+  t = cooccurrence_tables(users, items, n_users=200, n_items=30, dim=3)
+  full = t[COOC_FIELD]
+  for f in range(5):  # 80 % of the users: close to the full fit in the same coordinates
+    rel = np.linalg.norm(t[COOC_FOLD_TABLES][f] - full) / np.linalg.norm(full)
+    assert rel < 0.25, (f, rel)
+  with pytest.raises(ValueError, match="dim >= 1 and folds >= 2"):
+    cooccurrence_tables(users, items, n_users=200, n_items=30, dim=0)
+
+
+def test_training_users_get_their_out_of_fold_rows():
+  users, items = _positives()
+  t = {k: jnp.asarray(v) for k, v in cooccurrence_tables(users, items, n_users=45, n_items=30, dim=4).items()}
+  user = jnp.array([7, 42])  # a training user (fold 2) and a new user
+  it = jnp.array([[1, 2, 3], [1, 2, 3]])
+  x = out_of_fold_cooc(t, featurize(t, user, it), user)
+  np.testing.assert_allclose(x[COOC_FIELD][0], t[COOC_FOLD_TABLES][2][it[0]])
+  np.testing.assert_allclose(x[COOC_FIELD][1], t[COOC_FIELD][it[1]])
+
+
+def test_support_cooc_is_the_mean_similarity_leaving_the_pair_itself_out():
+  rng = np.random.default_rng(1)
+  es = jnp.asarray(rng.normal(size=(1, 4, 3)), jnp.float32)
+  eq = jnp.asarray(rng.normal(size=(1, 2, 3)), jnp.float32)
+  y = jnp.array([[1.0, 1.0, 0.0, 1.0]])
+  mask = jnp.array([[True, True, True, False]])  # the last support slot is padding
+  sx, qx = support_cooc({COOC_FIELD: es}, y, mask, {COOC_FIELD: eq})
+  e, q = np.asarray(es[0]), np.asarray(eq[0])
+  np.testing.assert_allclose(qx[COOC_SUPPORT_FIELD][0, :, 0], q @ (e[0] + e[1]) / 2, rtol=1e-5)
+  np.testing.assert_allclose(qx[COOC_SUPPORT_FIELD][0, :, 1], q @ e[2], rtol=1e-5)
+  np.testing.assert_allclose(sx[COOC_SUPPORT_FIELD][0, 0], [e[0] @ e[1], e[0] @ e[2]], rtol=1e-5)
+  np.testing.assert_allclose(sx[COOC_SUPPORT_FIELD][0, 2], [e[2] @ (e[0] + e[1]) / 2, 0.0], rtol=1e-5, atol=1e-6)
+  # Without the field nothing is added.
+  assert support_cooc({"item": 1}, y, mask, {"item": 2}) == ({"item": 1}, {"item": 2})
+
+
+def test_dense_field_is_projected_and_validated():
+  spec = FieldSpec("item/v", "dense", 3)
+  table = jnp.arange(6.0).reshape(3, 2)
+  v = jnp.array([[1.0, 0.0, 2.0]])
+  np.testing.assert_allclose(embed_field(table, spec, v), v @ table)
+  from metarec_jax.data.synthetic import generate
+  ds = generate(n_users=20, n_items=10, seed=0)
+  ds.fields = ds.fields + (spec,)
+  ds.features = dict(ds.features, **{"item/v": np.zeros((10, 2), np.float32)})
+  with pytest.raises(DataError, match=r"dense feature 'item/v' must be a finite \[10, 3\] table, got shape \(10, 2\)"):
+    ds.validate()
+  ds.features["item/v"] = np.full((10, 3), np.nan, np.float32)
+  with pytest.raises(DataError, match="must be a finite"):
+    ds.validate()
+  ds.features["item/v"] = np.ones((10, 3), np.float32)
+  ds.validate()
+  fields, tables = feature_tables(ds)
+  assert tables["item/v"].dtype == np.float32 and fields[-1] == spec
+
+
+def test_cooc_knn_ranks_by_cooccurrence_with_the_support_positives():
+  users, items = _positives()
+  t = cooccurrence_tables(users, items, n_users=45, n_items=30, dim=8)
+  ctx = FitContext(model=None, fields=(), n_items=30, train_users=users, train_items=items,
+                   train_ratings=np.ones(len(users), np.float32), tables=t, binary_labels=True)
+  b = create_learner("cooc_knn")
+  params = b.init(None, None, ctx)
+  support = Batch({"item": jnp.array([0, 1, 25])}, jnp.array([1.0, 1.0, 0.0]), jnp.array([True, True, True]))
+  state = b.adapt(params, support)
+  pred = np.asarray(b.predict(params, state, {"item": jnp.arange(30)}))
+  e = t[COOC_FIELD]
+  expected = e @ (e[0] + e[1])
+  assert np.all((pred > 0) & (pred < 1))
+  np.testing.assert_allclose(pred, 0.5 + 0.5 * expected / (1 + np.abs(expected)), atol=1e-6)  # monotone in it
+  assert pred[:10].mean() > pred[10:].mean()  # items 0 and 1 are liked with the other items 0-9
+  with pytest.raises(ValueError, match="cooc_knn baseline needs implicit 0/1 feedback"):
+    b.init(None, None, FitContext(model=None, fields=(), n_items=30, train_users=users, train_items=items,
+                                  train_ratings=np.ones(len(users), np.float32), tables={}, binary_labels=True))
+
+
+def test_out_of_fold_rows_remove_the_training_users_own_cooccurrences():
+  # Users like 5 random items each, no structure: any similarity between a training user's
+  # positives under the full fit is their own co-occurrence (the leak); out of fold it is gone.
+  rng = np.random.default_rng(0)
+  users = np.repeat(np.arange(60), 5)
+  items = np.concatenate([rng.choice(200, 5, replace=False) for _ in range(60)])
+  t = {k: jnp.asarray(v) for k, v in cooccurrence_tables(users, items, n_users=60, n_items=200, dim=32).items()}
+  user = jnp.arange(60)
+  it = jnp.asarray(items.reshape(60, 5))
+  y, mask = jnp.ones((60, 5)), jnp.ones((60, 5), bool)
+  full = featurize(t, user, it)
+  oof = out_of_fold_cooc(t, full, user)
+  leak = support_cooc(full, y, mask, full)[0][COOC_SUPPORT_FIELD][..., 0].mean()
+  honest = support_cooc(oof, y, mask, oof)[0][COOC_SUPPORT_FIELD][..., 0].mean()
+  assert leak > 5 * abs(honest) and leak > 0.05, (leak, honest)
