@@ -48,6 +48,12 @@ def load_trained(workdir: str, data_dir: str | None = None) -> Trained:
   if data_dir:
     config = dataclasses.replace(config, data_dir=data_dir)
   st = build_setup(config)
+  final_path = os.path.join(workdir, "final_metrics.json")
+  if config.base and os.path.isfile(final_path):  # the base's recorded choice: no validation grid again
+    with open(final_path) as f:
+      recorded = json.load(f).get("base")
+    if recorded and recorded.get("name") == config.base:
+      st.select_foldin(config.base, recorded=recorded)
   learner = st.make(config.learner)
   params = st.init_params(learner)
   step = None

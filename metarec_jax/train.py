@@ -55,7 +55,11 @@ SELECTION_GRIDS = {
     "finetune": tuple({"inner_lr": lr, "inner_steps": steps} for lr in (0.003, 0.01, 0.03, 0.1, 0.3) for steps in (1, 5)),
     "bias_foldin": tuple({"reg_user": ru, "reg_item": ri} for ru in (1.0, 3.0, 10.0) for ri in (3.0, 10.0, 30.0)),
     "als_foldin": tuple({"rank": k, "reg": r} for k in (8, 24) for r in (3.0, 10.0, 30.0)),
+    "cooc_knn": tuple({"dim": d} for d in (4, 8, 16, 32, 64)),
 }
+# Ranking baselines (scores, not labels) are chosen on this validation metric instead of the
+# label mode's (log loss would grade the squashing, not the ranking); higher is better.
+RANKING_SELECT = {"cooc_knn": "auc"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -591,26 +595,36 @@ class Setup:
 
   def select_on_validation(self, name: str, candidate: Callable[[dict], tuple[Learner, Any]]) -> dict:
     """The options of SELECTION_GRIDS[name] whose candidate (`candidate(options)` -> (learner,
-    params)) scores best on the validation tasks (the label mode's select_metric):
+    params)) scores best on the validation tasks (the label mode's select_metric, lower is
+    better; a ranking baseline's RANKING_SELECT metric, higher is better):
     {"learner", "params", "options", "val", "predict_fn"}."""
     best = None
+    metric = RANKING_SELECT.get(name, self.scen.label.select_metric)
+    sign = -1.0 if name in RANKING_SELECT else 1.0
     for options in SELECTION_GRIDS[name]:
       cand, cand_params = candidate(options)
       fn = make_predict_fn(cand)
       val = score(predict_episodes(fn, cand_params, self.data["tables"], self.scen.val, self.config.eval_chunk),
-                  self.scen.val, label=self.scen.label)[self.scen.label.select_metric]
-      if best is None or val < best["val"]:
+                  self.scen.val, label=self.scen.label)[metric]
+      if best is None or sign * val < sign * best["val"]:
         best = {"learner": cand, "params": cand_params, "options": options, "val": val, "predict_fn": fn}
     return best
 
-  def select_foldin(self, name: str) -> dict:
+  def select_foldin(self, name: str, recorded: dict | None = None) -> dict:
     """The fold-in baseline `name` chosen on validation (`select_on_validation`), memoised:
-    the baseline row and a stacked learner's base are the same fit."""
+    the baseline row and a stacked learner's base are the same fit. `recorded` (a finished
+    run's choice, final_metrics.json's "base": {"selected", "val_mae"}) skips the grid and fits
+    only the recorded options."""
     if name not in self.selected:
       def candidate(options):
         cand = create_learner(name, self.model, seed=self.config.seed, **options)
         return cand, self.init_params(cand)
-      self.selected[name] = self.select_on_validation(name, candidate)
+      if recorded is None:
+        self.selected[name] = self.select_on_validation(name, candidate)
+      else:
+        cand, cand_params = candidate(dict(recorded["selected"]))
+        self.selected[name] = {"learner": cand, "params": cand_params, "options": dict(recorded["selected"]),
+                               "val": recorded.get("val_mae"), "predict_fn": make_predict_fn(cand)}
     return self.selected[name]
 
   def init_params(self, learner: Learner):
@@ -773,7 +787,15 @@ def train_and_evaluate(config: Config, workdir: str, *, resume: bool = False, ex
     if name == config.learner:
       continue
     t0 = time.perf_counter()
-    if name in TRIVIAL:
+    if name in RANKING_SELECT:  # a ranking baseline with options, chosen on its validation metric
+      def ranking_candidate(options, name=name):
+        b = make(name, **options)
+        return b, b.init(init_rng, example, ctx)
+
+      best = st.select_on_validation(name, ranking_candidate)
+      training[name] = {"selected": best["options"], f"val_{RANKING_SELECT[name]}": best["val"]}
+      _, results[name] = evaluate_all(best["learner"], best["params"], predict_fn=best["predict_fn"])
+    elif name in TRIVIAL:
       b = make(name)
       _, results[name] = evaluate_all(b, b.init(init_rng, example, ctx))
     elif name == "pooled":

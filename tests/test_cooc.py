@@ -138,6 +138,11 @@ def test_cooc_knn_ranks_by_cooccurrence_with_the_support_positives():
   assert np.all((pred > 0) & (pred < 1))
   np.testing.assert_allclose(pred, 0.5 + 0.5 * expected / (1 + np.abs(expected)), atol=1e-6)  # monotone in it
   assert pred[:10].mean() > pred[10:].mean()  # items 0 and 1 are liked with the other items 0-9
+  # With `dim`, its own SVD of the training positives (here the same as the table's).
+  own = create_learner("cooc_knn", dim=8).init(None, None, ctx)
+  np.testing.assert_allclose(own["cooc"], e, atol=1e-6)
+  with pytest.raises(ValueError, match="takes no options"):
+    create_learner("popularity", dim=8)
   with pytest.raises(ValueError, match="cooc_knn baseline needs implicit 0/1 feedback"):
     b.init(None, None, FitContext(model=None, fields=(), n_items=30, train_users=users, train_items=items,
                                   train_ratings=np.ones(len(users), np.float32), tables={}, binary_labels=True))
@@ -158,3 +163,37 @@ def test_out_of_fold_rows_remove_the_training_users_own_cooccurrences():
   leak = support_cooc(full, y, mask, full)[0][COOC_SUPPORT_FIELD][..., 0].mean()
   honest = support_cooc(oof, y, mask, oof)[0][COOC_SUPPORT_FIELD][..., 0].mean()
   assert leak > 5 * abs(honest) and leak > 0.05, (leak, honest)
+
+
+def test_cooc_knn_width_is_chosen_on_validation_auc(tmp_path):
+  from test_lastfm import _write
+  from metarec_jax.train import SELECTION_GRIDS, Config, build_setup, make_predict_fn, predict_episodes, score
+  # 60 users in three taste groups over 60 items, 20 support and 10 query pairs each, 20 % noise.
+  rng = np.random.default_rng(0)
+  root = str(tmp_path / "tanp-lastfm")
+  lines = []
+  splits = {"training": range(40), "validation": range(40, 50), "testing": range(50, 60)}
+  for split, users in splits.items():
+    for n, u in enumerate(users):
+      items = rng.choice(60, 30, replace=False)
+      for part, chunk in (("supp", items[:20]), ("query", items[20:])):
+        _write(f"{root}/episodes/{split}/{part}_x_{n}_u_m_ids.txt", "".join(f"{u}\t{i}\n" for i in chunk))
+      liked = (items // 20 == u % 3) != (rng.random(30) < 0.2)
+      lines += [f"{u}\t{i}\t{int(y)}\n" for i, y in zip(items, liked)]
+  _write(f"{root}/ratings_final.txt", "".join(lines))
+  st = build_setup(Config(dataset="lastfm", data_dir=str(tmp_path), hidden=(8,), embed_dim=4))
+  assert COOC_FIELD in st.tables and COOC_SUPPORT_FIELD in [f.name for f in st.fields]
+
+  def candidate(options):
+    b = st.make("cooc_knn", **options)
+    return b, b.init(None, st.example, st.ctx)
+
+  aucs = []
+  for options in SELECTION_GRIDS["cooc_knn"]:
+    b, p = candidate(options)
+    pred = predict_episodes(make_predict_fn(b), p, st.data["tables"], st.scen.val, 64)
+    aucs.append(score(pred, st.scen.val, label=st.scen.label)["auc"])
+  best = st.select_on_validation("cooc_knn", candidate)
+  assert max(aucs) > min(aucs) + 0.01, aucs
+  assert best["val"] == pytest.approx(max(aucs))  # the highest validation AUC, not the lowest
+  assert best["options"] == SELECTION_GRIDS["cooc_knn"][int(np.argmax(aucs))]

@@ -165,3 +165,24 @@ def test_binary_labels_are_refused_before_training(tmp_path):
 def test_residual_levels_are_centred_on_the_middle_label_level():
   assert residual_levels((1.0, 2.0, 3.0, 4.0, 5.0)) == (-2.0, -1.0, 0.0, 1.0, 2.0)
   assert residual_levels((0.0, 0.25, 0.5, 0.75, 1.0)) == (-0.5, -0.25, 0.0, 0.25, 0.5)  # --label=scaled
+
+
+def test_a_recorded_base_choice_is_refitted_without_the_validation_grid():
+  from metarec_jax.train import build_setup
+  config = Config(dataset="synthetic", synthetic_users=100, synthetic_items=120, hidden=(8,), embed_dim=4,
+                  base="als_foldin", base_folds=2)
+  first = build_setup(config)
+  chosen = first.select_foldin("als_foldin")
+  again = build_setup(config)
+
+  def no_grid(*args, **kwargs):
+    raise AssertionError("the validation grid ran again")
+
+  again.select_on_validation = no_grid
+  got = again.select_foldin("als_foldin", recorded={"name": "als_foldin", "selected": chosen["options"],
+                                                   "val_mae": chosen["val"]})
+  assert got["options"] == chosen["options"] and got["val"] == chosen["val"]
+  np.testing.assert_allclose(predict_episodes(got["predict_fn"], got["params"], again.data["tables"], again.scen.val, 64),
+                             predict_episodes(chosen["predict_fn"], chosen["params"], first.data["tables"],
+                                              first.scen.val, 64), rtol=1e-6)
+  assert again.select_foldin("als_foldin") is got  # memoised: stacked learners reuse it

@@ -19,7 +19,7 @@ def create_learner(name: str, model=None, *, inner_lr: float = 0.1, inner_steps:
   the learner then outputs logits) and the label `levels` (prototype) apply to the learners
   with a model; the baselines fit label means and ignore them."""
   if name in TRIVIAL:
-    return make_trivial(name)
+    return make_trivial(name, **options)
   if name in FOLDIN:
     return make_foldin(name, **options)
   if name in SET_LEARNERS:

@@ -6,7 +6,9 @@ Popularity is a ranking baseline: its values are not ratings.
 cooc_knn (implicit feedback with the item/cooc field, data/features.py): item-based
 neighbours in the co-occurrence embedding, score(i) = <e_i, sum of e_j over the support's
 positives j>, i.e. approximately the number of training users' co-occurrences of i with the
-user's positives; squashed monotonically into (0, 1), so it too is a ranking baseline."""
+user's positives; squashed monotonically into (0, 1), so it too is a ranking baseline. With
+`dim`, the embedding is its own truncated SVD of that width of the training positives (the
+experiments choose it on validation); without, the item/cooc feature table."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import numpy as np
 
 from metarec_jax.learners.base import Batch, FitContext, Learner
 
-from metarec_jax.data.features import COOC_FIELD
+from metarec_jax.data.features import COOC_FIELD, cooccurrence_tables
 
 TRIVIAL = ("global_mean", "item_mean", "support_mean", "popularity", "cooc_knn")
 
@@ -31,9 +33,11 @@ def _means(ctx: FitContext):
           "popularity": jnp.asarray(pop / max(pop.max(), 1.0), jnp.float32)}
 
 
-def make_trivial(name: str) -> Learner:
+def make_trivial(name: str, dim: int | None = None) -> Learner:
   if name not in TRIVIAL:
     raise ValueError(f"Unsupported baseline: {name!r}; choose one of {', '.join(TRIVIAL)}")
+  if dim is not None and name != "cooc_knn":
+    raise ValueError(f"the {name} baseline takes no options (dim is cooc_knn's)")
 
   def init(rng, example, ctx: FitContext):
     del rng, example
@@ -42,7 +46,12 @@ def make_trivial(name: str) -> Learner:
       if not ctx.binary_labels or COOC_FIELD not in (ctx.tables or {}):
         raise ValueError("the cooc_knn baseline needs implicit 0/1 feedback with the item/cooc field "
                          "(--dataset=lastfm or hetrec-lastfm with --cooc_dim > 0)")
-      e = np.asarray(ctx.tables[COOC_FIELD], np.float32)
+      if dim is None:
+        e = np.asarray(ctx.tables[COOC_FIELD], np.float32)
+      else:
+        positive = ctx.train_ratings > 0.5
+        e = cooccurrence_tables(ctx.train_users[positive], ctx.train_items[positive], int(ctx.train_users.max()) + 1,
+                                ctx.n_items, dim)[COOC_FIELD]
       seen = np.abs(e).sum(1) > 0
       params["cooc"] = jnp.asarray(e)
       params["cooc_mean"] = jnp.asarray(e[seen].mean(0) if seen.any() else np.zeros(e.shape[1], np.float32))
