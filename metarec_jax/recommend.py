@@ -20,6 +20,7 @@ from absl import logging
 
 from metarec_jax import metrics as metrics_lib
 from metarec_jax.checkpoint import FitCheckpoints, checkpoint_dir
+from metarec_jax.data.features import NEW_USER_HELPER_VALUES
 from metarec_jax.data.io import parse_float, read_rows
 from metarec_jax.data.schema import DataError
 from metarec_jax.train import Config, Setup, build_setup, make_predict_fn
@@ -161,6 +162,9 @@ def new_user_tables(st: Setup, features: dict[str, str] | None = None) -> tuple[
       vals, counts = np.unique(col[train_users], return_counts=True, axis=0)
       values[name] = vals[np.argmax(counts)].tolist()
     tables[name] = np.concatenate([col, np.asarray([values[name]], col.dtype)])
+  for name, outside in NEW_USER_HELPER_VALUES.items():  # per-user helper tables: not a training user
+    if name in tables:
+      tables[name] = np.concatenate([tables[name], np.asarray([outside], tables[name].dtype)])
   return tables, st.ds.n_users, values
 
 

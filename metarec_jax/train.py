@@ -708,6 +708,13 @@ def train_and_evaluate(config: Config, workdir: str, *, resume: bool = False, ex
     if not config.checkpoints:
       raise ValueError("--resume needs checkpoints (--checkpoints)")
     check_resumable(config, workdir)
+  elif config.checkpoints:
+    earlier = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(earlier) and os.listdir(earlier):
+      # A fresh run must not mix its checkpoints with an earlier run's (saving skips a step that
+      # exists, and the best step could restore the earlier run's parameters).
+      raise ValueError(f"{earlier}: holds checkpoints of an earlier run; continue it with --resume, or use a new "
+                       "--workdir (or --out), or delete that folder")
   os.makedirs(workdir, exist_ok=True)
   writers.write_json_atomic(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
   log = writers.MetricsLog(workdir, append=resume)

@@ -83,6 +83,16 @@ def test_resume_with_different_flags_is_refused(tmp_path, uninterrupted):
   assert "has outer_lr=0.001 but this run has outer_lr=0.5" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_a_fresh_run_into_a_workdir_with_checkpoints_is_refused(uninterrupted):
+  before = sorted(os.listdir(os.path.join(uninterrupted, "checkpoints")))
+  mtime = os.path.getmtime(os.path.join(uninterrupted, "config.json"))
+  proc = run_binary("experiments.train", *TINY, f"--workdir={uninterrupted}")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "holds checkpoints of an earlier run; continue it with --resume" in proc.stderr.strip().splitlines()[-1]
+  assert sorted(os.listdir(os.path.join(uninterrupted, "checkpoints"))) == before  # nothing touched
+  assert os.path.getmtime(os.path.join(uninterrupted, "config.json")) == mtime
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / "nan")
   proc = run_binary("experiments.train", *TINY[:-2], "--checkpoint_every=1", "--outer_lr=1e30", "--baselines=",

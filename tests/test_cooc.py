@@ -165,10 +165,10 @@ def test_out_of_fold_rows_remove_the_training_users_own_cooccurrences():
   assert leak > 5 * abs(honest) and leak > 0.05, (leak, honest)
 
 
-def test_cooc_knn_width_is_chosen_on_validation_auc(tmp_path):
+def _groups_fixture(tmp_path):
+  """TaNP-format files: 60 users in three taste groups over 60 items, 20 support and 10 query
+  pairs each, 20 % of the labels flipped; training users 0-39, validation 40-49, test 50-59."""
   from test_lastfm import _write
-  from metarec_jax.train import SELECTION_GRIDS, Config, build_setup, make_predict_fn, predict_episodes, score
-  # 60 users in three taste groups over 60 items, 20 support and 10 query pairs each, 20 % noise.
   rng = np.random.default_rng(0)
   root = str(tmp_path / "tanp-lastfm")
   lines = []
@@ -181,6 +181,11 @@ def test_cooc_knn_width_is_chosen_on_validation_auc(tmp_path):
       liked = (items // 20 == u % 3) != (rng.random(30) < 0.2)
       lines += [f"{u}\t{i}\t{int(y)}\n" for i, y in zip(items, liked)]
   _write(f"{root}/ratings_final.txt", "".join(lines))
+
+
+def test_cooc_knn_width_is_chosen_on_validation_auc(tmp_path):
+  from metarec_jax.train import SELECTION_GRIDS, Config, build_setup, make_predict_fn, predict_episodes, score
+  _groups_fixture(tmp_path)
   st = build_setup(Config(dataset="lastfm", data_dir=str(tmp_path), hidden=(8,), embed_dim=4))
   assert COOC_FIELD in st.tables and COOC_SUPPORT_FIELD in [f.name for f in st.fields]
 
@@ -197,3 +202,21 @@ def test_cooc_knn_width_is_chosen_on_validation_auc(tmp_path):
   assert max(aucs) > min(aucs) + 0.01, aucs
   assert best["val"] == pytest.approx(max(aucs))  # the highest validation AUC, not the lowest
   assert best["options"] == SELECTION_GRIDS["cooc_knn"][int(np.argmax(aucs))]
+
+
+def test_a_recommended_new_user_reads_the_full_fit(tmp_path):
+  from metarec_jax.data.features import TRAIN_USER
+  from metarec_jax.recommend import new_user_tables
+  from metarec_jax.train import Config, build_setup, featurize_episodes
+  _groups_fixture(tmp_path)
+  st = build_setup(Config(dataset="lastfm", data_dir=str(tmp_path), hidden=(8,), embed_dim=4))
+  tables, user, _ = new_user_tables(st)
+  assert user == 60 and len(tables[TRAIN_USER]) == len(tables[COOC_FOLD_OF_USER]) == 61
+  assert not tables[TRAIN_USER][user] and tables[COOC_FOLD_OF_USER][user] == -1
+  assert tables[COOC_FOLD_OF_USER][39] == 39 % 5  # (the last training user)
+  items = jnp.array([[0, 5, 25]])
+  ep = {"user": jnp.array([user]), "support_item": items, "support_rating": jnp.ones((1, 3)),
+        "support_mask": jnp.ones((1, 3), bool), "query_item": jnp.array([[1, 2]]), "query_rating": jnp.zeros((1, 2)),
+        "query_mask": jnp.ones((1, 2), bool)}
+  x = featurize_episodes({k: jnp.asarray(v) for k, v in tables.items()}, ep)
+  np.testing.assert_allclose(x.support.x[COOC_FIELD][0], st.tables[COOC_FIELD][[0, 5, 25]])

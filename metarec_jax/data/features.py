@@ -182,3 +182,8 @@ def support_cooc(sx: dict, s_labels, s_mask, qx: dict) -> tuple[dict, dict]:
   sx[COOC_SUPPORT_FIELD] = jnp.stack([_similarity(es, es, pos, pos), _similarity(es, es, neg, neg)], -1)
   qx[COOC_SUPPORT_FIELD] = jnp.stack([_similarity(eq, es, pos), _similarity(eq, es, neg)], -1)
   return sx, qx
+
+
+# Per-user helper tables and the value a user outside the training users has in them (the row
+# recommend.py appends for a new user).
+NEW_USER_HELPER_VALUES = {TRAIN_USER: False, COOC_FOLD_OF_USER: -1}
