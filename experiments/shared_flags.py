@@ -18,6 +18,8 @@ flags.DEFINE_enum("lastfm_protocol", _D.lastfm_protocol, list(LASTFM_PROTOCOLS),
                   "30-200 interactions, support 20, query the rest).")
 flags.DEFINE_integer("cooc_dim", _D.cooc_dim, "lastfm / hetrec-lastfm: width of the item co-occurrence "
                      "embedding feature (truncated SVD of the training users' positives, cross-fitted; 0: none).")
+flags.DEFINE_integer("cooc_support_dim", _D.cooc_support_dim, "lastfm / hetrec-lastfm: width of the co-occurrence "
+                     "fit behind the per-episode similarity to the support's positives and negatives (0: none).")
 flags.DEFINE_enum("base", _D.base, [""] + list(FOLDIN), "Stack every meta-trained learner on this fold-in "
                   "baseline: it predicts the baseline's residual (options chosen on validation; empty: none).")
 flags.DEFINE_integer("base_folds", _D.base_folds, "--base: folds of training users the base is cross-fitted over.")

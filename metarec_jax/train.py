@@ -19,7 +19,7 @@ from metarec_jax import runtime, writers
 from metarec_jax.labels import LABELS, LINKS, LabelSpec
 from metarec_jax.checkpoint import FitCheckpoints, checkpoint_dir
 from metarec_jax.data import load_dataset
-from metarec_jax.data.lastfm import COOC_DIM
+from metarec_jax.data.lastfm import COOC_DIM, COOC_SUPPORT_DIM
 from metarec_jax.data.features import ITEM_ID_FIELD, feature_tables, featurize, leave_own_out, support_cooc
 from metarec_jax.data.tasks import SCENARIOS, Episodes, TaskConfig, build_scenarios
 from metarec_jax.learners import FitContext, Learner, create_learner
@@ -77,6 +77,7 @@ class Config:
   csv_rating_scale: tuple[float, ...] | None = None  # (lo, hi); default: the observed range
   lastfm_protocol: str = "episodes"  # --dataset=lastfm: TaNP's exact episodes, or "fresh" (its split recipe)
   cooc_dim: int = COOC_DIM  # lastfm / hetrec-lastfm: width of the item co-occurrence field (0: none)
+  cooc_support_dim: int = COOC_SUPPORT_DIM  # ... and of the fit behind the support similarity field (0: none)
   label: str | None = None  # rating | scaled | binary (None: binary for implicit-feedback data, else rating)
   label_threshold: float = 4.0  # binary labels: rating >= threshold is positive
   model: str = "content"
@@ -197,7 +198,7 @@ def featurize_episodes(tables: dict, ep: dict) -> Episode:
                      ep["support_rating"], ep["support_mask"])
   qx = leave_own_out(tables, featurize(tables, ep["user"], ep["query_item"]), ep["user"], ep["query_item"],
                      ep["query_rating"], ep["query_mask"])
-  sx, qx = support_cooc(sx, ep["support_rating"], ep["support_mask"], qx)
+  sx, qx = support_cooc(tables, ep, sx, qx)
   return Episode(Batch(sx, ep["support_rating"], ep["support_mask"]),
                  Batch(qx, ep["query_rating"], ep["query_mask"]))
 
@@ -648,7 +649,7 @@ def build_setup(config: Config) -> Setup:
                     csv_ratings=config.csv_ratings, csv_user_features=config.csv_user_features,
                     csv_item_features=config.csv_item_features, csv_columns=config.csv_columns,
                     csv_rating_scale=config.csv_rating_scale, lastfm_protocol=config.lastfm_protocol,
-                    cooc_dim=config.cooc_dim)
+                    cooc_dim=config.cooc_dim, cooc_support_dim=config.cooc_support_dim)
   label = label_spec(config, ds)
   if config.base and label.binary:
     raise ValueError(f"--base={config.base} needs squared-error labels (--label=rating or scaled); {ds.name} has "

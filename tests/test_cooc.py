@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from metarec_jax.data.features import (COOC_FIELD, COOC_FOLD_OF_USER, COOC_FOLD_TABLES, COOC_SUPPORT_FIELD,
-                                       cooccurrence_tables, feature_tables, featurize, out_of_fold_cooc, support_cooc)
+                                       COOC_SUPPORT_FOLDS, COOC_SUPPORT_ROWS, cooccurrence_tables, feature_tables,
+                                       featurize, out_of_fold_cooc, support_cooc, support_similarity)
 from metarec_jax.data.schema import DataError, FieldSpec
 from metarec_jax.learners import FitContext, create_learner
 from metarec_jax.learners.base import Batch
@@ -73,8 +74,11 @@ def test_fold_fits_are_rotated_onto_the_full_fit():
   for f in range(5):  # 80 % of the users: close to the full fit in the same coordinates
     rel = np.linalg.norm(t[COOC_FOLD_TABLES][f] - full) / np.linalg.norm(full)
     assert rel < 0.25, (f, rel)
-  with pytest.raises(ValueError, match="dim >= 1 and folds >= 2"):
+  with pytest.raises(ValueError, match="not both 0"):
     cooccurrence_tables(users, items, n_users=200, n_items=30, dim=0)
+  wide = cooccurrence_tables(users, items, n_users=200, n_items=30, dim=0, support_dim=5)
+  assert COOC_FIELD not in wide and wide[COOC_SUPPORT_ROWS].shape == (30, 5)
+  assert wide[COOC_SUPPORT_FOLDS].shape == (5, 30, 5)
 
 
 def test_training_users_get_their_out_of_fold_rows():
@@ -93,14 +97,14 @@ def test_support_cooc_is_the_mean_similarity_leaving_the_pair_itself_out():
   eq = jnp.asarray(rng.normal(size=(1, 2, 3)), jnp.float32)
   y = jnp.array([[1.0, 1.0, 0.0, 1.0]])
   mask = jnp.array([[True, True, True, False]])  # the last support slot is padding
-  sx, qx = support_cooc({COOC_FIELD: es}, y, mask, {COOC_FIELD: eq})
+  s, q_sim = support_similarity(es, y, mask, eq)
   e, q = np.asarray(es[0]), np.asarray(eq[0])
-  np.testing.assert_allclose(qx[COOC_SUPPORT_FIELD][0, :, 0], q @ (e[0] + e[1]) / 2, rtol=1e-5)
-  np.testing.assert_allclose(qx[COOC_SUPPORT_FIELD][0, :, 1], q @ e[2], rtol=1e-5)
-  np.testing.assert_allclose(sx[COOC_SUPPORT_FIELD][0, 0], [e[0] @ e[1], e[0] @ e[2]], rtol=1e-5)
-  np.testing.assert_allclose(sx[COOC_SUPPORT_FIELD][0, 2], [e[2] @ (e[0] + e[1]) / 2, 0.0], rtol=1e-5, atol=1e-6)
-  # Without the field nothing is added.
-  assert support_cooc({"item": 1}, y, mask, {"item": 2}) == ({"item": 1}, {"item": 2})
+  np.testing.assert_allclose(q_sim[0, :, 0], q @ (e[0] + e[1]) / 2, rtol=1e-5)
+  np.testing.assert_allclose(q_sim[0, :, 1], q @ e[2], rtol=1e-5)
+  np.testing.assert_allclose(s[0, 0], [e[0] @ e[1], e[0] @ e[2]], rtol=1e-5)
+  np.testing.assert_allclose(s[0, 2], [e[2] @ (e[0] + e[1]) / 2, 0.0], rtol=1e-5, atol=1e-6)
+  # Without the support fit nothing is added.
+  assert support_cooc({}, {}, {"item": 1}, {"item": 2}) == ({"item": 1}, {"item": 2})
 
 
 def test_dense_field_is_projected_and_validated():
@@ -160,8 +164,8 @@ def test_out_of_fold_rows_remove_the_training_users_own_cooccurrences():
   y, mask = jnp.ones((60, 5)), jnp.ones((60, 5), bool)
   full = featurize(t, user, it)
   oof = out_of_fold_cooc(t, full, user)
-  leak = support_cooc(full, y, mask, full)[0][COOC_SUPPORT_FIELD][..., 0].mean()
-  honest = support_cooc(oof, y, mask, oof)[0][COOC_SUPPORT_FIELD][..., 0].mean()
+  leak = support_similarity(full[COOC_FIELD], y, mask, full[COOC_FIELD])[0][..., 0].mean()
+  honest = support_similarity(oof[COOC_FIELD], y, mask, oof[COOC_FIELD])[0][..., 0].mean()
   assert leak > 5 * abs(honest) and leak > 0.05, (leak, honest)
 
 
@@ -220,3 +224,22 @@ def test_a_recommended_new_user_reads_the_full_fit(tmp_path):
         "query_mask": jnp.ones((1, 2), bool)}
   x = featurize_episodes({k: jnp.asarray(v) for k, v in tables.items()}, ep)
   np.testing.assert_allclose(x.support.x[COOC_FIELD][0], st.tables[COOC_FIELD][[0, 5, 25]])
+
+
+def test_episodes_get_the_support_similarity_from_the_out_of_fold_support_fit(tmp_path):
+  from metarec_jax.train import Config, build_setup, featurize_episodes
+  _groups_fixture(tmp_path)
+  st = build_setup(Config(dataset="lastfm", data_dir=str(tmp_path), hidden=(8,), embed_dim=4, cooc_dim=3,
+                          cooc_support_dim=6))
+  t = st.tables
+  assert t[COOC_FIELD].shape == (60, 3) and t[COOC_SUPPORT_ROWS].shape == (60, 6)
+  ep = {k: jnp.asarray(v[:2]) for k, v in st.scen.train.arrays().items()}  # training users
+  x = featurize_episodes({k: jnp.asarray(v) for k, v in t.items()}, ep)
+  for n in range(2):
+    fold = t[COOC_FOLD_OF_USER][int(ep["user"][n])]
+    assert fold >= 0
+    e = t[COOC_SUPPORT_FOLDS][fold]
+    m = np.asarray(ep["support_mask"][n])
+    pos = np.asarray(ep["support_item"][n])[m & (np.asarray(ep["support_rating"][n]) > 0.5)]
+    q = np.asarray(ep["query_item"][n])
+    np.testing.assert_allclose(x.query.x[COOC_SUPPORT_FIELD][n, :, 0], e[q] @ e[pos].mean(0), rtol=1e-4, atol=1e-6)

@@ -181,7 +181,7 @@ def test_train_binary_on_lastfm_fixture_end_to_end(tmp_path):
   positives = sum(int(t[4].sum()) > 0 for t in load_tanp_lastfm(str(tmp_path)).fixed_episodes["user_cold"])
   assert batch["metrics"]["n_users"] == positives > 0
   proc = run_binary("experiments.train", "--dataset=lastfm", f"--data_dir={tmp_path}", "--label=rating",
-                    f"--workdir={out}")
+                    f"--workdir={tmp_path / 'rating'}")
   assert proc.returncode == 2 and "error: --label=rating does not apply to lastfm" in proc.stderr
 
 

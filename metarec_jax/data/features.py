@@ -14,18 +14,18 @@ def feature_tables(ds: Dataset, *, known_items: np.ndarray | None = None,
                    item_id: bool = False) -> tuple[tuple[FieldSpec, ...], dict[str, np.ndarray]]:
   """The model's fields and their lookup tables.
 
-  Implicit datasets with the item/cooc field also get the COOC_SUPPORT_FIELD (no table; it is
-  computed per episode from the support, `support_cooc`). With `item_id`, an "item/id" field is
-  added: item i gets id i + 1 if `known_items[i]`
-  (it has training ratings) and the shared unknown id 0 otherwise, so new items are
-  scored from their content features alone.
+  Implicit datasets with the support co-occurrence fit also get the COOC_SUPPORT_FIELD (no
+  table; it is computed per episode from the support, `support_cooc`). With `item_id`, an
+  "item/id" field is added: item i gets id i + 1 if `known_items[i]` (it has training ratings)
+  and the shared unknown id 0 otherwise, so new items are scored from their content features
+  alone.
   """
   fields = tuple(ds.fields)
   tables = {spec.name: np.asarray(ds.features[spec.name], np.float32 if spec.kind == "dense" else np.int32)
             for spec in fields}
-  if COOC_FIELD in tables:  # the support-conditioned pair field (no table: built per episode)
-    fields = fields + (FieldSpec(COOC_SUPPORT_FIELD, "dense", 2),)
   tables.update({k: np.asarray(v) for k, v in ds.features.items() if k.startswith("_")})  # helper tables
+  if COOC_SUPPORT_ROWS in tables:  # the support-conditioned pair field (no table: built per episode)
+    fields = fields + (FieldSpec(COOC_SUPPORT_FIELD, "dense", 2),)
   if item_id:
     known = np.ones(ds.n_items, bool) if known_items is None else np.asarray(known_items, bool)
     ids = np.arange(1, ds.n_items + 1, dtype=np.int32)
@@ -85,18 +85,26 @@ def leave_own_out(tables: dict, x: dict, user, items, labels, mask) -> dict:
   return x
 
 
-# Co-occurrence embeddings as an item feature (implicit-feedback datasets). Negatives are
-# sampled uniformly, positives are not: an item that training users listen to together with
-# the items of a user's support positives is likely a positive too. Each item gets the row of
-# V_d S_d from the truncated SVD of the training users' 0/1 positive matrix (so dot products
-# approximate co-occurrence counts), divided by one scale so rows are O(1). A training user's
-# own positives must not shape the vectors their pairs are featurised with, so the training
-# users are split into COOC_FOLDS folds by user index (as the stacked base is); a training
-# user's pairs use the fit without their fold, rotated onto the full fit (orthogonal
-# Procrustes) so one learned projection reads every fit alike; everyone else uses the full fit.
+# Co-occurrence embeddings (implicit-feedback datasets). Negatives are sampled uniformly,
+# positives are not: an item that training users listen to together with the items of a
+# user's support positives is likely a positive too. An item's vector is its row of V_d S_d from
+# the truncated SVD of the training users' 0/1 positive matrix (so dot products approximate
+# co-occurrence counts), divided by one scale so rows are O(1). Two such fits feed the models:
+# - item/cooc (width `dim`): a dense item field;
+# - the support similarity (width `support_dim`, helper tables): per episode, each pair gets the
+#   mean dot product of its item's vector with those of the support's positives and with those of
+#   its negatives (a support pair leaves itself out; 0 where there is none), the pair field
+#   item/cooc_support [T, N, 2] (train.featurize_episodes -> `support_cooc`).
+# A training user's own positives must not shape the vectors their pairs are featurised with,
+# so the training users are split into COOC_FOLDS folds by user index (as the stacked base is):
+# a training user's pairs read the fit without their fold, rotated onto the full fit (orthogonal
+# Procrustes) so one learned projection reads every fit alike; everyone else reads the full fit.
 COOC_FIELD = "item/cooc"
-COOC_FOLD_TABLES = "_cooc_folds"  # [folds, n_items, d]
+COOC_FOLD_TABLES = "_cooc_folds"  # [folds, n_items, dim]
+COOC_SUPPORT_ROWS = "_cooc_support"  # [n_items, support_dim]: the full fit behind the support similarity
+COOC_SUPPORT_FOLDS = "_cooc_support_folds"  # [folds, n_items, support_dim]
 COOC_FOLD_OF_USER = "_cooc_fold"  # [n_users] int32: the training user's fold, -1 otherwise
+COOC_SUPPORT_FIELD = "item/cooc_support"
 COOC_FOLDS = 5
 
 
@@ -112,30 +120,49 @@ def _svd_rows(pos: np.ndarray, gram: np.ndarray, keep: np.ndarray, dim: int) -> 
   return np.pad(e, ((0, 0), (0, dim - e.shape[1])))
 
 
-def cooccurrence_tables(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, dim: int,
-                        folds: int = COOC_FOLDS) -> dict[str, np.ndarray]:
-  """The item/cooc field [n_items, dim] (float32) and its cross-fitted helper tables from the
-  training users' positive (user, item) pairs."""
-  if dim < 1 or folds < 2:
-    raise ValueError(f"co-occurrence embeddings need dim >= 1 and folds >= 2, got dim={dim}, folds={folds}")
-  train, row = np.unique(users, return_inverse=True)
-  pos = np.zeros((len(train), n_items), np.float64)
-  pos[row, items] = 1.0
-  gram = pos @ pos.T
-  full = _svd_rows(pos, gram, np.ones(len(train), bool), dim)
+def _cross_fitted(pos: np.ndarray, gram: np.ndarray, fold_of: np.ndarray, folds: int, dim: int):
+  """(full fit [n_items, dim], fold fits [folds, n_items, dim]), scaled, folds rotated onto the full."""
+  full = _svd_rows(pos, gram, np.ones(len(pos), bool), dim)
   seen = pos.sum(0) > 0
   scale = float(np.sqrt((full[seen] ** 2).sum(1).mean())) if seen.any() else 1.0
   scale = scale if scale > 0 else 1.0
-  fold_of = train % folds
   fits = []
   for f in range(folds):
     e = _svd_rows(pos, gram, fold_of != f, dim)
     p, _, qt = np.linalg.svd(e.T @ full)
     fits.append(e @ (p @ qt))
+  return (full / scale).astype(np.float32), (np.stack(fits) / scale).astype(np.float32)
+
+
+def cooccurrence_tables(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, dim: int,
+                        folds: int = COOC_FOLDS, support_dim: int = 0) -> dict[str, np.ndarray]:
+  """From the training users' positive (user, item) pairs: the item/cooc field [n_items, dim]
+  (float32; none with dim 0) and, with `support_dim`, the fit behind the support similarity,
+  each with its cross-fitted fold tables."""
+  if dim < 0 or support_dim < 0 or dim + support_dim == 0 or folds < 2:
+    raise ValueError(f"co-occurrence embeddings need dim, support_dim >= 0 (not both 0) and folds >= 2, got dim={dim}, "
+                     f"support_dim={support_dim}, folds={folds}")
+  train, row = np.unique(users, return_inverse=True)
+  pos = np.zeros((len(train), n_items), np.float64)
+  pos[row, items] = 1.0
+  gram = pos @ pos.T
+  fold_of = train % folds
   fold_of_user = np.full(n_users, -1, np.int32)
   fold_of_user[train] = fold_of
-  return {COOC_FIELD: (full / scale).astype(np.float32),
-          COOC_FOLD_TABLES: (np.stack(fits) / scale).astype(np.float32), COOC_FOLD_OF_USER: fold_of_user}
+  out = {COOC_FOLD_OF_USER: fold_of_user}
+  if dim:
+    out[COOC_FIELD], out[COOC_FOLD_TABLES] = _cross_fitted(pos, gram, fold_of, folds, dim)
+  if support_dim:
+    out[COOC_SUPPORT_ROWS], out[COOC_SUPPORT_FOLDS] = _cross_fitted(pos, gram, fold_of, folds, support_dim)
+  return out
+
+
+def out_of_fold_rows(tables: dict, full: str, fold_tables: str, user, items):
+  """Rows of the fit `full` for [T, N] items, from `fold_tables` (the fit without the user's
+  fold) where the task's user is a training user."""
+  fold = tables[COOC_FOLD_OF_USER][user]  # [T]
+  rows = tables[fold_tables][jnp.maximum(fold, 0)[:, None], items]  # [T, N, d]
+  return jnp.where((fold >= 0)[:, None, None], rows, tables[full][items])
 
 
 def out_of_fold_cooc(tables: dict, x: dict, user) -> dict:
@@ -143,19 +170,9 @@ def out_of_fold_cooc(tables: dict, x: dict, user) -> dict:
   training user (no-op for datasets without the field)."""
   if COOC_FOLD_TABLES not in tables or COOC_FIELD not in x:
     return x
-  fold = tables[COOC_FOLD_OF_USER][user]  # [T]
-  rows = tables[COOC_FOLD_TABLES][jnp.maximum(fold, 0)[:, None], x["item"]]  # [T, N, d]
   x = dict(x)
-  x[COOC_FIELD] = jnp.where((fold >= 0)[:, None, None], rows, x[COOC_FIELD])
+  x[COOC_FIELD] = out_of_fold_rows(tables, COOC_FIELD, COOC_FOLD_TABLES, user, x["item"])
   return x
-
-
-# The support-conditioned view of the same embeddings (a pair feature, added per episode by
-# train.featurize_episodes): for each pair, the mean dot product of its item's co-occurrence
-# vector with the vectors of the support's positives and with those of its negatives (a
-# support pair leaves itself out; 0 where there is none). The cooc_knn baseline ranks by the
-# first; a model gets both as a dense field and learns how to weigh them.
-COOC_SUPPORT_FIELD = "item/cooc_support"
 
 
 def _similarity(e, e_support, weight, leave_out=None):
@@ -170,18 +187,25 @@ def _similarity(e, e_support, weight, leave_out=None):
   return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
 
 
-def support_cooc(sx: dict, s_labels, s_mask, qx: dict) -> tuple[dict, dict]:
-  """Adds the COOC_SUPPORT_FIELD ([T, N, 2]) to the support and query features of an episode
-  (no-op without the item/cooc field)."""
-  if COOC_FIELD not in sx:
-    return sx, qx
-  es, eq = sx[COOC_FIELD], qx[COOC_FIELD]
+def support_similarity(es, s_labels, s_mask, eq):
+  """([T, S, 2], [T, Q, 2]): the mean similarity of each support (leaving itself out) and query
+  pair to the support's positives and to its negatives, from item vectors es [T, S, d], eq [T, Q, d]."""
   pos = (s_mask & (s_labels > 0.5)).astype(es.dtype)
   neg = (s_mask & (s_labels <= 0.5)).astype(es.dtype)
-  sx, qx = dict(sx), dict(qx)
-  sx[COOC_SUPPORT_FIELD] = jnp.stack([_similarity(es, es, pos, pos), _similarity(es, es, neg, neg)], -1)
-  qx[COOC_SUPPORT_FIELD] = jnp.stack([_similarity(eq, es, pos), _similarity(eq, es, neg)], -1)
-  return sx, qx
+  s = jnp.stack([_similarity(es, es, pos, pos), _similarity(es, es, neg, neg)], -1)
+  q = jnp.stack([_similarity(eq, es, pos), _similarity(eq, es, neg)], -1)
+  return s, q
+
+
+def support_cooc(tables: dict, ep: dict, sx: dict, qx: dict) -> tuple[dict, dict]:
+  """Adds the COOC_SUPPORT_FIELD to an episode's support and query features (no-op without the
+  support fit); training users read their out-of-fold rows."""
+  if COOC_SUPPORT_ROWS not in tables:
+    return sx, qx
+  es = out_of_fold_rows(tables, COOC_SUPPORT_ROWS, COOC_SUPPORT_FOLDS, ep["user"], ep["support_item"])
+  eq = out_of_fold_rows(tables, COOC_SUPPORT_ROWS, COOC_SUPPORT_FOLDS, ep["user"], ep["query_item"])
+  s, q = support_similarity(es, ep["support_rating"], ep["support_mask"], eq)
+  return dict(sx, **{COOC_SUPPORT_FIELD: s}), dict(qx, **{COOC_SUPPORT_FIELD: q})
 
 
 # Per-user helper tables and the value a user outside the training users has in them (the row

@@ -17,8 +17,9 @@ TaNP construction). Then the "fresh" protocol above. Artist names are the item t
 
 Features: the item id (the model's item-id field), the bucketed count of the item's
 positives in the training episodes (`item/popularity`) and, with `cooc_dim` > 0, the item's
-co-occurrence embedding from the training users' positives (`item/cooc`, a dense field;
-data/features.py). Labels are binary (train.py uses BCE and the binary metrics for implicit
+co-occurrence embedding from the training users' positives (`item/cooc`, a dense field), with
+`cooc_support_dim` > 0 the per-episode similarity to the support's positives and negatives
+(`item/cooc_support`; data/features.py). Labels are binary (train.py uses BCE and the binary metrics for implicit
 datasets).
 """
 
@@ -42,14 +43,16 @@ HETREC_SOURCE = ("Get hetrec2011-lastfm-2k from https://grouplens.org/datasets/h
 TANP_SPLITS = {"train": "training", "val": "validation", "user_cold": "testing"}
 LASTFM_PROTOCOLS = ("episodes", "fresh")
 COOC_DIM = 8  # default width of the item/cooc field (0: no field; 8 chosen on validation, BUILD_NOTES)
+COOC_SUPPORT_DIM = 16  # default width of the fit behind item/cooc_support (0: no field; chosen on validation)
 
 
-def popularity_tables(fixed_episodes: dict, n_users: int, n_items: int, cooc_dim: int = 0) -> dict:
+def popularity_tables(fixed_episodes: dict, n_users: int, n_items: int, cooc_dim: int = 0,
+                      cooc_support_dim: int = 0) -> dict:
   """The item/popularity field and its helper tables (data/features.py): each item's positive
   count in the training episodes only (support and query), so the feature carries what the
   popularity baseline knows without looking at validation or test users; a training user's
-  own pairs see the count without their own label. With `cooc_dim`, also the item/cooc field
-  and its cross-fitted tables from the same training positives."""
+  own pairs see the count without their own label. With `cooc_dim` / `cooc_support_dim`, also
+  the co-occurrence fits (data/features.py) from the same training positives."""
   counts = np.zeros(n_items, np.int64)
   train_user = np.zeros(n_users, bool)
   pos_users, pos_items = [], []
@@ -61,23 +64,26 @@ def popularity_tables(fixed_episodes: dict, n_users: int, n_items: int, cooc_dim
     pos_items.append(it[pos])
   out = {POPULARITY_FIELD: popularity_bucket(counts), POSITIVE_COUNTS: counts.astype(np.int32),
          TRAIN_USER: train_user}
-  if cooc_dim > 0:
+  if cooc_dim > 0 or cooc_support_dim > 0:
     out.update(cooccurrence_tables(np.concatenate(pos_users).astype(np.int64),
-                                   np.concatenate(pos_items).astype(np.int64), n_users, n_items, cooc_dim))
+                                   np.concatenate(pos_items).astype(np.int64), n_users, n_items, cooc_dim,
+                                   support_dim=cooc_support_dim))
   return out
 
 
 def _dataset(name, users, items, labels, n_users, n_items, user_ids, item_ids, titles=None,
-             fixed_episodes=None, report=None, cooc_dim: int = COOC_DIM) -> Dataset:
-  if cooc_dim < 0:
-    raise ValueError(f"--cooc_dim must be >= 0 (0: no co-occurrence field), got {cooc_dim}")
+             fixed_episodes=None, report=None, cooc_dim: int = COOC_DIM,
+             cooc_support_dim: int = COOC_SUPPORT_DIM) -> Dataset:
+  for flag, value in (("cooc_dim", cooc_dim), ("cooc_support_dim", cooc_support_dim)):
+    if value < 0:
+      raise ValueError(f"--{flag} must be >= 0 (0: no such field), got {value}")
   fields = (FieldSpec(POPULARITY_FIELD, "categorical", POPULARITY_BUCKETS),)
   if cooc_dim > 0:
     fields += (FieldSpec(COOC_FIELD, "dense", cooc_dim),)
   ds = Dataset(name=name, users=users.astype(np.int32), items=items.astype(np.int32),
                ratings=labels.astype(np.float32), timestamps=np.zeros(len(users), np.int64),
                user_ids=np.asarray(user_ids), item_ids=np.asarray(item_ids), fields=fields,
-               features=popularity_tables(fixed_episodes, n_users, n_items, cooc_dim),
+               features=popularity_tables(fixed_episodes, n_users, n_items, cooc_dim, cooc_support_dim),
                item_release=np.full(n_items, np.nan), item_titles=titles, rating_scale=(0.0, 1.0),
                protocol_report=report, implicit=True, fixed_episodes=fixed_episodes)
   ds.validate()
@@ -118,7 +124,8 @@ def _read_pairs(path: str, n_fields: int, names: tuple[str, ...], source: str):
   return out, lines
 
 
-def load_tanp_lastfm(data_dir: str, *, protocol: str = "episodes", seed: int = 0, cooc_dim: int = COOC_DIM) -> Dataset:
+def load_tanp_lastfm(data_dir: str, *, protocol: str = "episodes", seed: int = 0, cooc_dim: int = COOC_DIM,
+                     cooc_support_dim: int = COOC_SUPPORT_DIM) -> Dataset:
   if protocol not in LASTFM_PROTOCOLS:
     raise ValueError(f"lastfm protocol must be one of {', '.join(LASTFM_PROTOCOLS)}, got {protocol!r}")
   root = os.path.join(data_dir, TANP_DIR)
@@ -147,7 +154,7 @@ def load_tanp_lastfm(data_dir: str, *, protocol: str = "episodes", seed: int = 0
       episodes[key] = _tanp_split(os.path.join(root, "episodes", folder), label_of, n_users, n_items)
   report["episodes"] = {k: len(v) for k, v in episodes.items()}
   return _dataset("lastfm", users, items, labels, n_users, n_items, np.arange(n_users), np.arange(n_items),
-                  fixed_episodes=episodes, report=report, cooc_dim=cooc_dim)
+                  fixed_episodes=episodes, report=report, cooc_dim=cooc_dim, cooc_support_dim=cooc_support_dim)
 
 
 def _tanp_split(folder: str, label_of: dict, n_users: int, n_items: int) -> list:
@@ -177,7 +184,8 @@ def _tanp_split(folder: str, label_of: dict, n_users: int, n_items: int) -> list
   return tasks
 
 
-def load_hetrec_lastfm(data_dir: str, *, seed: int = 0, cooc_dim: int = COOC_DIM) -> Dataset:
+def load_hetrec_lastfm(data_dir: str, *, seed: int = 0, cooc_dim: int = COOC_DIM,
+                       cooc_support_dim: int = COOC_SUPPORT_DIM) -> Dataset:
   root = os.path.join(data_dir, HETREC_DIR)
   path = os.path.join(root, "user_artists.dat")
   rows = read_rows(path, sep="\t", n_fields=3, skip_header=True, source=HETREC_SOURCE)
@@ -216,4 +224,4 @@ def load_hetrec_lastfm(data_dir: str, *, seed: int = 0, cooc_dim: int = COOC_DIM
             "episodes": {k: len(v) for k, v in episodes.items()}}
   return _dataset("hetrec-lastfm", users, items, labels, len(user_ids), len(item_ids), user_ids, item_ids,
                   titles=[titles.get(int(a), str(a)) for a in item_ids], fixed_episodes=episodes, report=report,
-                  cooc_dim=cooc_dim)
+                  cooc_dim=cooc_dim, cooc_support_dim=cooc_support_dim)
