@@ -19,8 +19,8 @@ from metarec_jax import runtime, writers
 from metarec_jax.labels import LABELS, LINKS, LabelSpec
 from metarec_jax.checkpoint import FitCheckpoints, checkpoint_dir
 from metarec_jax.data import load_dataset
-from metarec_jax.data.lastfm import COOC_DIM, COOC_SUPPORT_DIM
-from metarec_jax.data.features import ITEM_ID_FIELD, feature_tables, featurize, leave_own_out, support_cooc
+from metarec_jax.data.features import (ITEM_ID_FIELD, add_cooccurrence, feature_tables, featurize, leave_own_out,
+                                      support_cooc)
 from metarec_jax.data.tasks import SCENARIOS, Episodes, TaskConfig, build_scenarios
 from metarec_jax.learners import FitContext, Learner, create_learner
 from metarec_jax.learners.baselines import TRIVIAL
@@ -36,8 +36,8 @@ BASELINES = ("global_mean", "item_mean", "support_mean", "pooled", "finetune", "
 # embedding (chosen on TaNP's validation episodes: 248 training users are too few to train one).
 DATASET_DEFAULTS = {
     "ml-1m": {"epochs": 15, "patience": 3},
-    "lastfm": {"ndcg_ks": (5, 7, 10), "item_id_feature": False},
-    "hetrec-lastfm": {"ndcg_ks": (5, 7, 10)},
+    "lastfm": {"ndcg_ks": (5, 7, 10), "item_id_feature": False, "cooc_dim": 8, "cooc_support_dim": 16},
+    "hetrec-lastfm": {"ndcg_ks": (5, 7, 10), "cooc_dim": 8, "cooc_support_dim": 16},
 }
 
 
@@ -76,8 +76,10 @@ class Config:
   csv_columns: tuple[str, ...] = ()  # feature column types, "name:categorical|multihot:SEP|numeric|title"
   csv_rating_scale: tuple[float, ...] | None = None  # (lo, hi); default: the observed range
   lastfm_protocol: str = "episodes"  # --dataset=lastfm: TaNP's exact episodes, or "fresh" (its split recipe)
-  cooc_dim: int = COOC_DIM  # lastfm / hetrec-lastfm: width of the item co-occurrence field (0: none)
-  cooc_support_dim: int = COOC_SUPPORT_DIM  # ... and of the fit behind the support similarity field (0: none)
+  # Co-occurrence features (data/features.py): widths of the item/cooc field and of the fit behind
+  # the per-episode support similarity; 0: none (the implicit datasets' defaults: 8 and 16).
+  cooc_dim: int = 0
+  cooc_support_dim: int = 0
   label: str | None = None  # rating | scaled | binary (None: binary for implicit-feedback data, else rating)
   label_threshold: float = 4.0  # binary labels: rating >= threshold is positive
   model: str = "content"
@@ -139,6 +141,9 @@ class Config:
   def validate(self) -> None:
     checks = [
         (self.inner_steps >= 0, f"inner_steps must be >= 0, got {self.inner_steps}"),
+        (self.cooc_dim >= 0, f"cooc_dim must be >= 0 (0: no co-occurrence field), got {self.cooc_dim}"),
+        (self.cooc_support_dim >= 0, f"cooc_support_dim must be >= 0 (0: no support similarity), got "
+                                     f"{self.cooc_support_dim}"),
         (self.inner_lr >= 0, f"inner_lr must be >= 0, got {self.inner_lr}"),
         (self.outer_lr > 0, f"outer_lr must be > 0, got {self.outer_lr}"),
         (self.meta_batch_size > 0, f"meta_batch_size must be > 0, got {self.meta_batch_size}"),
@@ -648,8 +653,7 @@ def build_setup(config: Config) -> Setup:
                     synthetic_users=config.synthetic_users, synthetic_items=config.synthetic_items,
                     csv_ratings=config.csv_ratings, csv_user_features=config.csv_user_features,
                     csv_item_features=config.csv_item_features, csv_columns=config.csv_columns,
-                    csv_rating_scale=config.csv_rating_scale, lastfm_protocol=config.lastfm_protocol,
-                    cooc_dim=config.cooc_dim, cooc_support_dim=config.cooc_support_dim)
+                    csv_rating_scale=config.csv_rating_scale, lastfm_protocol=config.lastfm_protocol)
   label = label_spec(config, ds)
   if config.base and label.binary:
     raise ValueError(f"--base={config.base} needs squared-error labels (--label=rating or scaled); {ds.name} has "
@@ -664,6 +668,10 @@ def build_setup(config: Config) -> Setup:
   known = np.zeros(ds.n_items, bool)
   known[scen.train_ratings[1]] = True
   fields, tables = feature_tables(ds, known_items=known, item_id=config.item_id_feature)
+  if config.cooc_dim or config.cooc_support_dim:  # from the training pairs only (cross-fitted)
+    positive = 0.5 if label.binary else float(label.encode(np.array([config.label_threshold]))[0])
+    fields, tables = add_cooccurrence(fields, tables, *scen.train_ratings, positive=positive, n_users=ds.n_users,
+                                      n_items=ds.n_items, dim=config.cooc_dim, support_dim=config.cooc_support_dim)
   ctx_ratings = scen.train_ratings
   global_mean = float(ctx_ratings[2].mean())
   model = create_model(config.model, fields=fields, embed_dim=config.embed_dim, hidden=config.hidden,

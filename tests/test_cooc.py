@@ -147,7 +147,7 @@ def test_cooc_knn_ranks_by_cooccurrence_with_the_support_positives():
   np.testing.assert_allclose(own["cooc"], e, atol=1e-6)
   with pytest.raises(ValueError, match="takes no options"):
     create_learner("popularity", dim=8)
-  with pytest.raises(ValueError, match="cooc_knn baseline needs implicit 0/1 feedback"):
+  with pytest.raises(ValueError, match="cooc_knn baseline needs 0/1 labels"):
     b.init(None, None, FitContext(model=None, fields=(), n_items=30, train_users=users, train_items=items,
                                   train_ratings=np.ones(len(users), np.float32), tables={}, binary_labels=True))
 
@@ -188,9 +188,10 @@ def _groups_fixture(tmp_path):
 
 
 def test_cooc_knn_width_is_chosen_on_validation_auc(tmp_path):
-  from metarec_jax.train import SELECTION_GRIDS, Config, build_setup, make_predict_fn, predict_episodes, score
+  from metarec_jax.train import (SELECTION_GRIDS, Config, build_setup, make_predict_fn, predict_episodes, score,
+                                 with_dataset_defaults)
   _groups_fixture(tmp_path)
-  st = build_setup(Config(dataset="lastfm", data_dir=str(tmp_path), hidden=(8,), embed_dim=4))
+  st = build_setup(with_dataset_defaults(Config(dataset="lastfm", data_dir=str(tmp_path), hidden=(8,), embed_dim=4)))
   assert COOC_FIELD in st.tables and COOC_SUPPORT_FIELD in [f.name for f in st.fields]
 
   def candidate(options):
@@ -211,9 +212,9 @@ def test_cooc_knn_width_is_chosen_on_validation_auc(tmp_path):
 def test_a_recommended_new_user_reads_the_full_fit(tmp_path):
   from metarec_jax.data.features import TRAIN_USER
   from metarec_jax.recommend import new_user_tables
-  from metarec_jax.train import Config, build_setup, featurize_episodes
+  from metarec_jax.train import Config, build_setup, featurize_episodes, with_dataset_defaults
   _groups_fixture(tmp_path)
-  st = build_setup(Config(dataset="lastfm", data_dir=str(tmp_path), hidden=(8,), embed_dim=4))
+  st = build_setup(with_dataset_defaults(Config(dataset="lastfm", data_dir=str(tmp_path), hidden=(8,), embed_dim=4)))
   tables, user, _ = new_user_tables(st)
   assert user == 60 and len(tables[TRAIN_USER]) == len(tables[COOC_FOLD_OF_USER]) == 61
   assert not tables[TRAIN_USER][user] and tables[COOC_FOLD_OF_USER][user] == -1
@@ -243,3 +244,27 @@ def test_episodes_get_the_support_similarity_from_the_out_of_fold_support_fit(tm
     pos = np.asarray(ep["support_item"][n])[m & (np.asarray(ep["support_rating"][n]) > 0.5)]
     q = np.asarray(ep["query_item"][n])
     np.testing.assert_allclose(x.query.x[COOC_SUPPORT_FIELD][n, :, 0], e[q] @ e[pos].mean(0), rtol=1e-4, atol=1e-6)
+
+
+def test_explicit_ratings_use_the_liked_pairs_and_the_content_regression_ignores_the_field():
+  from metarec_jax.data.features import COOC_POSITIVE
+  from metarec_jax.learners.foldin import item_design_matrix
+  from metarec_jax.train import Config, build_setup
+  base = dict(dataset="synthetic", synthetic_users=100, synthetic_items=120, hidden=(8,), embed_dim=4)
+  plain = build_setup(Config(**base))
+  st = build_setup(Config(**base, cooc_dim=4, cooc_support_dim=6, label_threshold=4.0))
+  names = [f.name for f in st.fields]
+  assert names[-2:] == [COOC_FIELD, COOC_SUPPORT_FIELD] and COOC_FIELD not in [f.name for f in plain.fields]
+  assert float(st.tables[COOC_POSITIVE]) == 4.0
+  users, items, ratings = st.scen.train_ratings
+  liked = ratings >= 4.0
+  expected = cooccurrence_tables(users[liked], items[liked], st.ds.n_users, st.ds.n_items, 4, support_dim=6)
+  np.testing.assert_allclose(st.tables[COOC_FIELD], expected[COOC_FIELD])
+  np.testing.assert_array_equal(st.tables[COOC_FOLD_OF_USER], expected[COOC_FOLD_OF_USER])
+  # Content regression of new items: the same design matrix with or without the field.
+  np.testing.assert_array_equal(item_design_matrix(st.ctx), item_design_matrix(plain.ctx))
+  # Scaled labels: the threshold is encoded like the labels.
+  scaled = build_setup(Config(**base, cooc_dim=4, label="scaled"))
+  assert float(scaled.tables[COOC_POSITIVE]) == pytest.approx(0.75)
+  with pytest.raises(ValueError, match="cooc_dim must be >= 0"):
+    Config(**base, cooc_dim=-1).validate()

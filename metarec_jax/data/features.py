@@ -14,9 +14,7 @@ def feature_tables(ds: Dataset, *, known_items: np.ndarray | None = None,
                    item_id: bool = False) -> tuple[tuple[FieldSpec, ...], dict[str, np.ndarray]]:
   """The model's fields and their lookup tables.
 
-  Implicit datasets with the support co-occurrence fit also get the COOC_SUPPORT_FIELD (no
-  table; it is computed per episode from the support, `support_cooc`). With `item_id`, an
-  "item/id" field is added: item i gets id i + 1 if `known_items[i]` (it has training ratings)
+  With `item_id`, an "item/id" field is added: item i gets id i + 1 if `known_items[i]` (it has training ratings)
   and the shared unknown id 0 otherwise, so new items are scored from their content features
   alone.
   """
@@ -24,8 +22,6 @@ def feature_tables(ds: Dataset, *, known_items: np.ndarray | None = None,
   tables = {spec.name: np.asarray(ds.features[spec.name], np.float32 if spec.kind == "dense" else np.int32)
             for spec in fields}
   tables.update({k: np.asarray(v) for k, v in ds.features.items() if k.startswith("_")})  # helper tables
-  if COOC_SUPPORT_ROWS in tables:  # the support-conditioned pair field (no table: built per episode)
-    fields = fields + (FieldSpec(COOC_SUPPORT_FIELD, "dense", 2),)
   if item_id:
     known = np.ones(ds.n_items, bool) if known_items is None else np.asarray(known_items, bool)
     ids = np.arange(1, ds.n_items + 1, dtype=np.int32)
@@ -104,6 +100,7 @@ COOC_FOLD_TABLES = "_cooc_folds"  # [folds, n_items, dim]
 COOC_SUPPORT_ROWS = "_cooc_support"  # [n_items, support_dim]: the full fit behind the support similarity
 COOC_SUPPORT_FOLDS = "_cooc_support_folds"  # [folds, n_items, support_dim]
 COOC_FOLD_OF_USER = "_cooc_fold"  # [n_users] int32: the training user's fold, -1 otherwise
+COOC_POSITIVE = "_cooc_positive"  # scalar: a label at least this is a positive (binary 0.5; ratings: the threshold)
 COOC_SUPPORT_FIELD = "item/cooc_support"
 COOC_FOLDS = 5
 
@@ -157,6 +154,20 @@ def cooccurrence_tables(users: np.ndarray, items: np.ndarray, n_users: int, n_it
   return out
 
 
+def add_cooccurrence(fields: tuple, tables: dict, users: np.ndarray, items: np.ndarray, labels: np.ndarray, *,
+                     positive: float, n_users: int, n_items: int, dim: int, support_dim: int) -> tuple[tuple, dict]:
+  """`fields` and `tables` with the co-occurrence fits of the training pairs (users, items,
+  labels [R]) whose label is at least `positive`: the item/cooc field (dim > 0) and the support
+  similarity field item/cooc_support (support_dim > 0; no table, built per episode)."""
+  pos = labels >= positive
+  tables = dict(tables)
+  tables.update(cooccurrence_tables(users[pos], items[pos], n_users, n_items, dim, support_dim=support_dim))
+  tables[COOC_POSITIVE] = np.float32(positive)
+  fields = tuple(fields) + ((FieldSpec(COOC_FIELD, "dense", dim),) if dim else ())
+  fields += (FieldSpec(COOC_SUPPORT_FIELD, "dense", 2),) if support_dim else ()
+  return fields, tables
+
+
 def out_of_fold_rows(tables: dict, full: str, fold_tables: str, user, items):
   """Rows of the fit `full` for [T, N] items, from `fold_tables` (the fit without the user's
   fold) where the task's user is a training user."""
@@ -187,11 +198,12 @@ def _similarity(e, e_support, weight, leave_out=None):
   return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
 
 
-def support_similarity(es, s_labels, s_mask, eq):
+def support_similarity(es, s_labels, s_mask, eq, positive=0.5):
   """([T, S, 2], [T, Q, 2]): the mean similarity of each support (leaving itself out) and query
-  pair to the support's positives and to its negatives, from item vectors es [T, S, d], eq [T, Q, d]."""
-  pos = (s_mask & (s_labels > 0.5)).astype(es.dtype)
-  neg = (s_mask & (s_labels <= 0.5)).astype(es.dtype)
+  pair to the support's positives (label >= `positive`) and to its negatives, from item vectors
+  es [T, S, d], eq [T, Q, d]."""
+  pos = (s_mask & (s_labels >= positive)).astype(es.dtype)
+  neg = (s_mask & (s_labels < positive)).astype(es.dtype)
   s = jnp.stack([_similarity(es, es, pos, pos), _similarity(es, es, neg, neg)], -1)
   q = jnp.stack([_similarity(eq, es, pos), _similarity(eq, es, neg)], -1)
   return s, q
@@ -204,7 +216,7 @@ def support_cooc(tables: dict, ep: dict, sx: dict, qx: dict) -> tuple[dict, dict
     return sx, qx
   es = out_of_fold_rows(tables, COOC_SUPPORT_ROWS, COOC_SUPPORT_FOLDS, ep["user"], ep["support_item"])
   eq = out_of_fold_rows(tables, COOC_SUPPORT_ROWS, COOC_SUPPORT_FOLDS, ep["user"], ep["query_item"])
-  s, q = support_similarity(es, ep["support_rating"], ep["support_mask"], eq)
+  s, q = support_similarity(es, ep["support_rating"], ep["support_mask"], eq, tables[COOC_POSITIVE])
   return dict(sx, **{COOC_SUPPORT_FIELD: s}), dict(qx, **{COOC_SUPPORT_FIELD: q})
 
 

@@ -15,12 +15,11 @@ weight`): every listened (user, artist) pair is a positive; each user gets as ma
 negatives, drawn uniformly (seeded) from the artists the user never listened to (the MKR /
 TaNP construction). Then the "fresh" protocol above. Artist names are the item titles.
 
-Features: the item id (the model's item-id field), the bucketed count of the item's
-positives in the training episodes (`item/popularity`) and, with `cooc_dim` > 0, the item's
-co-occurrence embedding from the training users' positives (`item/cooc`, a dense field), with
-`cooc_support_dim` > 0 the per-episode similarity to the support's positives and negatives
-(`item/cooc_support`; data/features.py). Labels are binary (train.py uses BCE and the binary metrics for implicit
-datasets).
+Features: the item id (the model's item-id field) and one item field, the bucketed count
+of the item's positives in the training episodes (`item/popularity`). Labels are binary
+(train.py uses BCE and the binary metrics for implicit datasets). The co-occurrence features
+(--cooc_dim, --cooc_support_dim; on by default for these datasets) are built by train.py from
+the training pairs (data/features.py).
 """
 
 from __future__ import annotations
@@ -29,8 +28,8 @@ import os
 
 import numpy as np
 
-from metarec_jax.data.features import (COOC_FIELD, POPULARITY_BUCKETS, POPULARITY_FIELD, POSITIVE_COUNTS,
-                                      TRAIN_USER, cooccurrence_tables, popularity_bucket)
+from metarec_jax.data.features import (POPULARITY_BUCKETS, POPULARITY_FIELD, POSITIVE_COUNTS, TRAIN_USER,
+                                      popularity_bucket)
 from metarec_jax.data.io import parse_int, read_rows, require_file
 from metarec_jax.data.schema import DataError, Dataset, FieldSpec
 
@@ -42,48 +41,29 @@ HETREC_SOURCE = ("Get hetrec2011-lastfm-2k from https://grouplens.org/datasets/h
                  "<data_dir>/hetrec2011-lastfm-2k; see README.md, Data.")
 TANP_SPLITS = {"train": "training", "val": "validation", "user_cold": "testing"}
 LASTFM_PROTOCOLS = ("episodes", "fresh")
-COOC_DIM = 8  # default width of the item/cooc field (0: no field; 8 chosen on validation, BUILD_NOTES)
-COOC_SUPPORT_DIM = 16  # default width of the fit behind item/cooc_support (0: no field; chosen on validation)
 
 
-def popularity_tables(fixed_episodes: dict, n_users: int, n_items: int, cooc_dim: int = 0,
-                      cooc_support_dim: int = 0) -> dict:
+def popularity_tables(fixed_episodes: dict, n_users: int, n_items: int) -> dict:
   """The item/popularity field and its helper tables (data/features.py): each item's positive
   count in the training episodes only (support and query), so the feature carries what the
   popularity baseline knows without looking at validation or test users; a training user's
-  own pairs see the count without their own label. With `cooc_dim` / `cooc_support_dim`, also
-  the co-occurrence fits (data/features.py) from the same training positives."""
+  own pairs see the count without their own label."""
   counts = np.zeros(n_items, np.int64)
   train_user = np.zeros(n_users, bool)
-  pos_users, pos_items = [], []
   for u, si, sy, qi, qy in fixed_episodes["train"]:
-    it, pos = np.concatenate([si, qi]), np.concatenate([sy, qy]) > 0.5
-    np.add.at(counts, it, pos.astype(np.int64))
+    np.add.at(counts, np.concatenate([si, qi]), (np.concatenate([sy, qy]) > 0.5).astype(np.int64))
     train_user[u] = True
-    pos_users.append(np.full(int(pos.sum()), u))
-    pos_items.append(it[pos])
-  out = {POPULARITY_FIELD: popularity_bucket(counts), POSITIVE_COUNTS: counts.astype(np.int32),
-         TRAIN_USER: train_user}
-  if cooc_dim > 0 or cooc_support_dim > 0:
-    out.update(cooccurrence_tables(np.concatenate(pos_users).astype(np.int64),
-                                   np.concatenate(pos_items).astype(np.int64), n_users, n_items, cooc_dim,
-                                   support_dim=cooc_support_dim))
-  return out
+  return {POPULARITY_FIELD: popularity_bucket(counts), POSITIVE_COUNTS: counts.astype(np.int32),
+          TRAIN_USER: train_user}
 
 
 def _dataset(name, users, items, labels, n_users, n_items, user_ids, item_ids, titles=None,
-             fixed_episodes=None, report=None, cooc_dim: int = COOC_DIM,
-             cooc_support_dim: int = COOC_SUPPORT_DIM) -> Dataset:
-  for flag, value in (("cooc_dim", cooc_dim), ("cooc_support_dim", cooc_support_dim)):
-    if value < 0:
-      raise ValueError(f"--{flag} must be >= 0 (0: no such field), got {value}")
+             fixed_episodes=None, report=None) -> Dataset:
   fields = (FieldSpec(POPULARITY_FIELD, "categorical", POPULARITY_BUCKETS),)
-  if cooc_dim > 0:
-    fields += (FieldSpec(COOC_FIELD, "dense", cooc_dim),)
   ds = Dataset(name=name, users=users.astype(np.int32), items=items.astype(np.int32),
                ratings=labels.astype(np.float32), timestamps=np.zeros(len(users), np.int64),
                user_ids=np.asarray(user_ids), item_ids=np.asarray(item_ids), fields=fields,
-               features=popularity_tables(fixed_episodes, n_users, n_items, cooc_dim, cooc_support_dim),
+               features=popularity_tables(fixed_episodes, n_users, n_items),
                item_release=np.full(n_items, np.nan), item_titles=titles, rating_scale=(0.0, 1.0),
                protocol_report=report, implicit=True, fixed_episodes=fixed_episodes)
   ds.validate()
@@ -124,8 +104,7 @@ def _read_pairs(path: str, n_fields: int, names: tuple[str, ...], source: str):
   return out, lines
 
 
-def load_tanp_lastfm(data_dir: str, *, protocol: str = "episodes", seed: int = 0, cooc_dim: int = COOC_DIM,
-                     cooc_support_dim: int = COOC_SUPPORT_DIM) -> Dataset:
+def load_tanp_lastfm(data_dir: str, *, protocol: str = "episodes", seed: int = 0) -> Dataset:
   if protocol not in LASTFM_PROTOCOLS:
     raise ValueError(f"lastfm protocol must be one of {', '.join(LASTFM_PROTOCOLS)}, got {protocol!r}")
   root = os.path.join(data_dir, TANP_DIR)
@@ -154,7 +133,7 @@ def load_tanp_lastfm(data_dir: str, *, protocol: str = "episodes", seed: int = 0
       episodes[key] = _tanp_split(os.path.join(root, "episodes", folder), label_of, n_users, n_items)
   report["episodes"] = {k: len(v) for k, v in episodes.items()}
   return _dataset("lastfm", users, items, labels, n_users, n_items, np.arange(n_users), np.arange(n_items),
-                  fixed_episodes=episodes, report=report, cooc_dim=cooc_dim, cooc_support_dim=cooc_support_dim)
+                  fixed_episodes=episodes, report=report)
 
 
 def _tanp_split(folder: str, label_of: dict, n_users: int, n_items: int) -> list:
@@ -184,8 +163,7 @@ def _tanp_split(folder: str, label_of: dict, n_users: int, n_items: int) -> list
   return tasks
 
 
-def load_hetrec_lastfm(data_dir: str, *, seed: int = 0, cooc_dim: int = COOC_DIM,
-                       cooc_support_dim: int = COOC_SUPPORT_DIM) -> Dataset:
+def load_hetrec_lastfm(data_dir: str, *, seed: int = 0) -> Dataset:
   root = os.path.join(data_dir, HETREC_DIR)
   path = os.path.join(root, "user_artists.dat")
   rows = read_rows(path, sep="\t", n_fields=3, skip_header=True, source=HETREC_SOURCE)
@@ -223,5 +201,4 @@ def load_hetrec_lastfm(data_dir: str, *, seed: int = 0, cooc_dim: int = COOC_DIM
   report = {"interactions": len(users), "positives": int(labels.sum()), "protocol": "fresh",
             "episodes": {k: len(v) for k, v in episodes.items()}}
   return _dataset("hetrec-lastfm", users, items, labels, len(user_ids), len(item_ids), user_ids, item_ids,
-                  titles=[titles.get(int(a), str(a)) for a in item_ids], fixed_episodes=episodes, report=report,
-                  cooc_dim=cooc_dim, cooc_support_dim=cooc_support_dim)
+                  titles=[titles.get(int(a), str(a)) for a in item_ids], fixed_episodes=episodes, report=report)

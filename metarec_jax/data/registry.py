@@ -12,11 +12,9 @@ DATASETS = ("synthetic", "ml-100k", "ml-1m", "lastfm", "hetrec-lastfm", "csv")
 def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0, synthetic_users: int = 600,
                  synthetic_items: int = 800, csv_ratings: str | None = None, csv_user_features: str | None = None,
                  csv_item_features: str | None = None, csv_columns: tuple[str, ...] = (),
-                 csv_rating_scale: tuple[float, float] | None = None, lastfm_protocol: str = "episodes",
-                 cooc_dim: int = lastfm.COOC_DIM, cooc_support_dim: int = lastfm.COOC_SUPPORT_DIM) -> Dataset:
+                 csv_rating_scale: tuple[float, float] | None = None, lastfm_protocol: str = "episodes") -> Dataset:
   """Loads a dataset by name; real datasets are read from `data_dir` (or $METAREC_DATA_DIR),
-  a user's own CSV files from the `csv_*` paths. `cooc_dim` / `cooc_support_dim`: widths of the
-  implicit datasets' item co-occurrence field and of the fit behind the support similarity (0: none)."""
+  a user's own CSV files from the `csv_*` paths."""
   if name == "csv":
     if not csv_ratings:
       raise ValueError("--dataset=csv needs --csv_ratings (a CSV with the header user,item,rating[,timestamp])")
@@ -29,9 +27,7 @@ def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0, synth
   if name == "ml-1m":  # MeLU's protocol: its features and state files, the full ratings from the rda file
     return melu_ml1m.load_melu_ml1m(resolve_data_dir(data_dir))
   if name == "lastfm":  # TaNP's lastfm_20: its exact episodes, or a fresh split by its recipe
-    return lastfm.load_tanp_lastfm(resolve_data_dir(data_dir), protocol=lastfm_protocol, seed=seed, cooc_dim=cooc_dim,
-                                   cooc_support_dim=cooc_support_dim)
+    return lastfm.load_tanp_lastfm(resolve_data_dir(data_dir), protocol=lastfm_protocol, seed=seed)
   if name == "hetrec-lastfm":
-    return lastfm.load_hetrec_lastfm(resolve_data_dir(data_dir), seed=seed, cooc_dim=cooc_dim,
-                                     cooc_support_dim=cooc_support_dim)
+    return lastfm.load_hetrec_lastfm(resolve_data_dir(data_dir), seed=seed)
   raise ValueError(f"Unsupported dataset: {name!r}; choose one of {', '.join(DATASETS)}")

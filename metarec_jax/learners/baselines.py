@@ -43,9 +43,9 @@ def make_trivial(name: str, dim: int | None = None) -> Learner:
     del rng, example
     params = _means(ctx)
     if name == "cooc_knn":
-      if not ctx.binary_labels or COOC_FIELD not in (ctx.tables or {}):
-        raise ValueError("the cooc_knn baseline needs implicit 0/1 feedback with the item/cooc field "
-                         "(--dataset=lastfm or hetrec-lastfm with --cooc_dim > 0)")
+      if not ctx.binary_labels or (dim is None and COOC_FIELD not in (ctx.tables or {})):
+        raise ValueError("the cooc_knn baseline needs 0/1 labels (implicit feedback or --label=binary) and a width "
+                         "(its `dim` option, or the item/cooc field of --cooc_dim > 0)")
       if dim is None:
         e = np.asarray(ctx.tables[COOC_FIELD], np.float32)
       else:

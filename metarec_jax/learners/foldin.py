@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from metarec_jax.data.features import ITEM_ID_FIELD
+from metarec_jax.data.features import COOC_FIELD, ITEM_ID_FIELD
 from metarec_jax.learners.base import Batch, FitContext, Learner
 
 FOLDIN = ("bias_foldin", "als_foldin")
@@ -25,8 +25,8 @@ def item_design_matrix(ctx: FitContext) -> np.ndarray:
   intercept column."""
   cols = [np.ones((ctx.n_items, 1))]
   for spec in ctx.fields:
-    if not spec.name.startswith("item/") or spec.name == ITEM_ID_FIELD or spec.name not in ctx.tables:
-      continue  # (a field without a table is built per episode, e.g. the support co-occurrence)
+    if not spec.name.startswith("item/") or spec.name in (ITEM_ID_FIELD, COOC_FIELD) or spec.name not in ctx.tables:
+      continue  # content only: not the id, not what training interactions made (co-occurrence), not per-episode fields
     if spec.kind == "dense":
       cols.append(np.asarray(ctx.tables[spec.name], np.float64))
       continue
