@@ -33,7 +33,8 @@ BASELINES = ("global_mean", "item_mean", "support_mean", "pooled", "finetune", "
 # Defaults that differ by dataset; a flag given on the command line wins (`with_dataset_defaults`).
 # ml-1m: an epoch is 7,551 tasks (8.5x ml-100k's), so early stopping counts fewer epochs and the
 # default run fits in 10 minutes on a 2-core CPU. lastfm: TaNP's cut-offs 5/7/10; no item-id
-# embedding (chosen on TaNP's validation episodes: 248 training users are too few to train one).
+# embedding (chosen on TaNP's validation episodes: 248 training users are too few to train one);
+# lastfm and hetrec-lastfm: the co-occurrence features, widths chosen on TaNP's validation episodes.
 DATASET_DEFAULTS = {
     "ml-1m": {"epochs": 15, "patience": 3},
     "lastfm": {"ndcg_ks": (5, 7, 10), "item_id_feature": False, "cooc_dim": 8, "cooc_support_dim": 16},

@@ -188,7 +188,8 @@ def test_train_binary_on_lastfm_fixture_end_to_end(tmp_path):
 def test_dataset_defaults_fill_only_the_flags_not_given():
   from metarec_jax.train import Config, with_dataset_defaults
   c = with_dataset_defaults(Config(dataset="lastfm"))
-  assert c.ndcg_ks == (5, 7, 10) and c.item_id_feature is False
+  assert c.ndcg_ks == (5, 7, 10) and c.item_id_feature is False and (c.cooc_dim, c.cooc_support_dim) == (8, 16)
+  assert with_dataset_defaults(Config(dataset="lastfm", cooc_dim=0), explicit=["cooc_dim"]).cooc_dim == 0
   c = with_dataset_defaults(Config(dataset="lastfm", item_id_feature=True), explicit=["item_id_feature"])
   assert c.item_id_feature is True and c.ndcg_ks == (5, 7, 10)
   assert with_dataset_defaults(Config(dataset="ml-1m")).patience == 3

@@ -3,7 +3,7 @@ popularity (the item's number of positive training labels when the labels are 0/
 its number of training ratings, divided by the largest count so that it lies in [0, 1]).
 Popularity is a ranking baseline: its values are not ratings.
 
-cooc_knn (implicit feedback with the item/cooc field, data/features.py): item-based
+cooc_knn (0/1 labels; data/features.py): item-based
 neighbours in the co-occurrence embedding, score(i) = <e_i, sum of e_j over the support's
 positives j>, i.e. approximately the number of training users' co-occurrences of i with the
 user's positives; squashed monotonically into (0, 1), so it too is a ranking baseline. With
@@ -15,9 +15,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from metarec_jax.learners.base import Batch, FitContext, Learner
-
 from metarec_jax.data.features import COOC_FIELD, cooccurrence_tables
+from metarec_jax.learners.base import Batch, FitContext, Learner
 
 TRIVIAL = ("global_mean", "item_mean", "support_mean", "popularity", "cooc_knn")
 
