@@ -76,6 +76,11 @@ def test_fold_fits_are_rotated_onto_the_full_fit():
     assert rel < 0.25, (f, rel)
   with pytest.raises(ValueError, match="not both 0"):
     cooccurrence_tables(users, items, n_users=200, n_items=30, dim=0)
+  with pytest.raises(ValueError, match="folds 0 or >= 2"):
+    cooccurrence_tables(users, items, n_users=200, n_items=30, dim=3, folds=1)
+  only = cooccurrence_tables(users, items, n_users=200, n_items=30, dim=3, folds=0)  # the full fit only
+  np.testing.assert_allclose(only[COOC_FIELD], full)
+  assert only[COOC_FOLD_TABLES].shape == (0, 30, 3) and (only[COOC_FOLD_OF_USER] == -1).all()
   wide = cooccurrence_tables(users, items, n_users=200, n_items=30, dim=0, support_dim=5)
   assert COOC_FIELD not in wide and wide[COOC_SUPPORT_ROWS].shape == (30, 5)
   assert wide[COOC_SUPPORT_FOLDS].shape == (5, 30, 5)

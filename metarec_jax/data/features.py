@@ -118,7 +118,8 @@ def _svd_rows(pos: np.ndarray, gram: np.ndarray, keep: np.ndarray, dim: int) -> 
 
 
 def _cross_fitted(pos: np.ndarray, gram: np.ndarray, fold_of: np.ndarray, folds: int, dim: int):
-  """(full fit [n_items, dim], fold fits [folds, n_items, dim]), scaled, folds rotated onto the full."""
+  """(full fit [n_items, dim], fold fits [folds, n_items, dim]), scaled, folds rotated onto the full
+  (no fold fits with folds 0)."""
   full = _svd_rows(pos, gram, np.ones(len(pos), bool), dim)
   seen = pos.sum(0) > 0
   scale = float(np.sqrt((full[seen] ** 2).sum(1).mean())) if seen.any() else 1.0
@@ -128,24 +129,26 @@ def _cross_fitted(pos: np.ndarray, gram: np.ndarray, fold_of: np.ndarray, folds:
     e = _svd_rows(pos, gram, fold_of != f, dim)
     p, _, qt = np.linalg.svd(e.T @ full)
     fits.append(e @ (p @ qt))
-  return (full / scale).astype(np.float32), (np.stack(fits) / scale).astype(np.float32)
+  fits = np.stack(fits) if fits else np.zeros((0,) + full.shape)
+  return (full / scale).astype(np.float32), (fits / scale).astype(np.float32)
 
 
 def cooccurrence_tables(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, dim: int,
                         folds: int = COOC_FOLDS, support_dim: int = 0) -> dict[str, np.ndarray]:
   """From the training users' positive (user, item) pairs: the item/cooc field [n_items, dim]
   (float32; none with dim 0) and, with `support_dim`, the fit behind the support similarity,
-  each with its cross-fitted fold tables."""
-  if dim < 0 or support_dim < 0 or dim + support_dim == 0 or folds < 2:
-    raise ValueError(f"co-occurrence embeddings need dim, support_dim >= 0 (not both 0) and folds >= 2, got dim={dim}, "
-                     f"support_dim={support_dim}, folds={folds}")
+  each with its cross-fitted fold tables (folds=0: the full fits only, e.g. for a baseline that
+  never featurises training users)."""
+  if dim < 0 or support_dim < 0 or dim + support_dim == 0 or folds == 1 or folds < 0:
+    raise ValueError(f"co-occurrence embeddings need dim, support_dim >= 0 (not both 0) and folds 0 or >= 2, got "
+                     f"dim={dim}, support_dim={support_dim}, folds={folds}")
   train, row = np.unique(users, return_inverse=True)
   pos = np.zeros((len(train), n_items), np.float64)
   pos[row, items] = 1.0
   gram = pos @ pos.T
-  fold_of = train % folds
+  fold_of = train % max(folds, 1)
   fold_of_user = np.full(n_users, -1, np.int32)
-  fold_of_user[train] = fold_of
+  fold_of_user[train] = fold_of if folds else -1
   out = {COOC_FOLD_OF_USER: fold_of_user}
   if dim:
     out[COOC_FIELD], out[COOC_FOLD_TABLES] = _cross_fitted(pos, gram, fold_of, folds, dim)

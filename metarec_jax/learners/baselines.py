@@ -50,7 +50,7 @@ def make_trivial(name: str, dim: int | None = None) -> Learner:
       else:
         positive = ctx.train_ratings > 0.5
         e = cooccurrence_tables(ctx.train_users[positive], ctx.train_items[positive], int(ctx.train_users.max()) + 1,
-                                ctx.n_items, dim)[COOC_FIELD]
+                                ctx.n_items, dim, folds=0)[COOC_FIELD]  # it never featurises training users
       seen = np.abs(e).sum(1) > 0
       params["cooc"] = jnp.asarray(e)
       params["cooc_mean"] = jnp.asarray(e[seen].mean(0) if seen.any() else np.zeros(e.shape[1], np.float32))
