@@ -804,26 +804,23 @@ def train_and_evaluate(config: Config, workdir: str, *, resume: bool = False, ex
     if name == config.learner:
       continue
     t0 = time.perf_counter()
-    if name in RANKING_SELECT:  # a ranking baseline with options, chosen on its validation metric
-      def ranking_candidate(options, name=name):
-        b = make(name, **options)
-        return b, b.init(init_rng, example, ctx)
-
-      best = st.select_on_validation(name, ranking_candidate)
-      training[name] = {"selected": best["options"], f"val_{RANKING_SELECT[name]}": best["val"]}
-      _, results[name] = evaluate_all(best["learner"], best["params"], predict_fn=best["predict_fn"])
-    elif name in TRIVIAL:
+    if name in TRIVIAL and name not in SELECTION_GRIDS:
       b = make(name)
       _, results[name] = evaluate_all(b, b.init(init_rng, example, ctx))
     elif name == "pooled":
       _, results[name] = evaluate_all(make("pooled"), pooled_params())
-    elif name in FOLDIN:  # chosen on validation (shared with --base)
-      best = st.select_foldin(name)
-      training[name] = {"selected": best["options"], "val_mae": best["val"]}
-      _, results[name] = evaluate_all(best["learner"], best["params"], predict_fn=best["predict_fn"])
-    else:  # finetune: the pooled network + SGD on the support, chosen on validation
-      best = st.select_on_validation(name, lambda options: (make("finetune", **options), pooled_params()))
-      training[name] = {"selected": best["options"], "val_mae": best["val"]}
+    else:  # options chosen on validation: the fold-ins (shared with --base), finetune, cooc_knn
+      if name in FOLDIN:
+        best = st.select_foldin(name)
+      elif name == "finetune":  # the pooled network + SGD on the support
+        best = st.select_on_validation(name, lambda options: (make("finetune", **options), pooled_params()))
+      else:  # a trivial baseline with options (cooc_knn)
+        def candidate(options, name=name):
+          b = make(name, **options)
+          return b, b.init(init_rng, example, ctx)
+
+        best = st.select_on_validation(name, candidate)
+      training[name] = {"selected": best["options"], f"val_{RANKING_SELECT.get(name, 'mae')}": best["val"]}
       _, results[name] = evaluate_all(best["learner"], best["params"], predict_fn=best["predict_fn"])
     timing[name] = time.perf_counter() - t0
 

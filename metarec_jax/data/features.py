@@ -14,9 +14,9 @@ def feature_tables(ds: Dataset, *, known_items: np.ndarray | None = None,
                    item_id: bool = False) -> tuple[tuple[FieldSpec, ...], dict[str, np.ndarray]]:
   """The model's fields and their lookup tables.
 
-  With `item_id`, an "item/id" field is added: item i gets id i + 1 if `known_items[i]` (it has training ratings)
-  and the shared unknown id 0 otherwise, so new items are scored from their content features
-  alone.
+  With `item_id`, an "item/id" field is added: item i gets id i + 1 if `known_items[i]`
+  (it has training ratings) and the shared unknown id 0 otherwise, so new items are
+  scored from their content features alone.
   """
   fields = tuple(ds.fields)
   tables = {spec.name: np.asarray(ds.features[spec.name], np.float32 if spec.kind == "dense" else np.int32)
@@ -81,10 +81,12 @@ def leave_own_out(tables: dict, x: dict, user, items, labels, mask) -> dict:
   return x
 
 
-# Co-occurrence embeddings (implicit-feedback datasets). Negatives are sampled uniformly,
-# positives are not: an item that training users listen to together with the items of a
-# user's support positives is likely a positive too. An item's vector is its row of V_d S_d from
-# the truncated SVD of the training users' 0/1 positive matrix (so dot products approximate
+# Co-occurrence embeddings (built by train.build_setup from the meta-training pairs; on by default
+# for the implicit datasets, where negatives are sampled uniformly and positives are not: an item
+# that training users listen to together with the items of a user's support positives is likely
+# a positive too). Positives: labels >= COOC_POSITIVE (0/1 labels: 1; ratings: the liked ones).
+# An item's vector is its row of V_d S_d from the truncated SVD of the training users' 0/1
+# positive matrix (so dot products approximate
 # co-occurrence counts), divided by one scale so rows are O(1). Two such fits feed the models:
 # - item/cooc (width `dim`): a dense item field;
 # - the support similarity (width `support_dim`, helper tables): per episode, each pair gets the

@@ -14,21 +14,19 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from metarec_jax.data.features import COOC_FIELD, ITEM_ID_FIELD
+from metarec_jax.data.features import ITEM_ID_FIELD
 from metarec_jax.learners.base import Batch, FitContext, Learner
 
 FOLDIN = ("bias_foldin", "als_foldin")
 
 
 def item_design_matrix(ctx: FitContext) -> np.ndarray:
-  """[n_items, F] one-hot / multi-hot item content features (dense fields as they are) plus an
-  intercept column."""
+  """[n_items, F] one-hot / multi-hot item content features plus an intercept column. Not the
+  item id, and not dense fields (the co-occurrence vectors, made from training interactions,
+  and the per-episode support similarity): they are not content."""
   cols = [np.ones((ctx.n_items, 1))]
   for spec in ctx.fields:
-    if not spec.name.startswith("item/") or spec.name in (ITEM_ID_FIELD, COOC_FIELD) or spec.name not in ctx.tables:
-      continue  # content only: not the id, not what training interactions made (co-occurrence), not per-episode fields
-    if spec.kind == "dense":
-      cols.append(np.asarray(ctx.tables[spec.name], np.float64))
+    if not spec.name.startswith("item/") or spec.name == ITEM_ID_FIELD or spec.kind == "dense":
       continue
     ids = np.asarray(ctx.tables[spec.name])
     ids = ids[:, None] if ids.ndim == 1 else ids
