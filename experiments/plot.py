@@ -23,7 +23,9 @@ from metarec_jax import plots
 
 flags.DEFINE_list("results", [], "Result folders or JSON files (compare, train, metrics.jsonl, benchmark).")
 flags.DEFINE_string("out", None, "Output folder for the figures.")
-flags.DEFINE_list("figures", [], f"Figures to draw (default: every one the inputs allow; from {', '.join(plots.FIGURES)}).")
+flags.DEFINE_list(
+  "figures", [], f"Figures to draw (default: every one the inputs allow; from {', '.join(plots.FIGURES)})."
+)
 flags.DEFINE_string("few_shot_metric", "mae", f"Metric of the few-shot curve ({', '.join(plots.METRIC_LABELS)}, ...).")
 flags.DEFINE_list("compare_metrics", ["mae", "ndcg@3"], "Metrics of the comparison chart.")
 flags.DEFINE_string("val_metric", "val/mae", "Validation metric of the learning curves (a metrics.jsonl field).")
@@ -31,8 +33,16 @@ flags.DEFINE_list("formats", ["png", "svg"], "Image formats.")
 FLAGS = flags.FLAGS
 
 
-def draw(res: plots.Results, names: list[str], out: str, *, few_shot_metric="mae", compare_metrics=("mae", "ndcg@3"),
-         val_metric="val/mae", formats=("png", "svg")) -> dict[str, list[str]]:
+def draw(
+  res: plots.Results,
+  names: list[str],
+  out: str,
+  *,
+  few_shot_metric="mae",
+  compare_metrics=("mae", "ndcg@3"),
+  val_metric="val/mae",
+  formats=("png", "svg"),
+) -> dict[str, list[str]]:
   """Draws the named figures into `out`; returns {figure: [paths]}."""
   written = {}
   for name in names:
@@ -63,8 +73,15 @@ def main(argv):
     names = FLAGS.figures or plots.available(res)
     if not names:
       raise plots.ResultsError(f"nothing to draw from {', '.join(FLAGS.results)}")
-    written = draw(res, names, FLAGS.out, few_shot_metric=FLAGS.few_shot_metric,
-                   compare_metrics=FLAGS.compare_metrics, val_metric=FLAGS.val_metric, formats=FLAGS.formats)
+    written = draw(
+      res,
+      names,
+      FLAGS.out,
+      few_shot_metric=FLAGS.few_shot_metric,
+      compare_metrics=FLAGS.compare_metrics,
+      val_metric=FLAGS.val_metric,
+      formats=FLAGS.formats,
+    )
   except plots.ResultsError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

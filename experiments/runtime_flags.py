@@ -1,4 +1,5 @@
-"""Flags every binary shares: the persistent compilation cache, device count, multi-host start-up.
+"""Flags every binary shares: the persistent compilation cache and multi-host start-up (the
+device count is the Config field --devices).
 
 Multi-host: start the same command on every host with `--distributed`; JAX reads the
 coordinator address, process count and process id from the cluster environment (SLURM,
@@ -16,10 +17,12 @@ from experiments import cli
 
 from metarec_jax import runtime
 
-flags.DEFINE_string("compilation_cache_dir", os.environ.get("METAREC_COMPILE_CACHE", runtime.DEFAULT_CACHE_DIR),
-                    "Persistent XLA compilation cache folder ('' disables it; default $METAREC_COMPILE_CACHE or "
-                    "~/.cache/metarec_jax/xla). Repeat compiles of the same configuration load from it.")
-flags.DEFINE_integer("devices", 1, "Devices the task axis of each meta-batch is sharded over (0: all visible).")
+flags.DEFINE_string(
+  "compilation_cache_dir",
+  os.environ.get("METAREC_COMPILE_CACHE", runtime.DEFAULT_CACHE_DIR),
+  "Persistent XLA compilation cache folder ('' disables it; default $METAREC_COMPILE_CACHE or "
+  "~/.cache/metarec_jax/xla). Repeat compiles of the same configuration load from it.",
+)
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
 FLAGS = flags.FLAGS
 

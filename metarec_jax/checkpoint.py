@@ -1,14 +1,15 @@
 """Checkpoints of one meta-training run (orbax): the last k plus the best on validation.
 
 One `FitCheckpoints` per fitted learner, under `<workdir>/checkpoints/<learner>/`. A step
-holds three items:
-  params  the meta-parameters (what evaluation and `recommend` restore);
-  train   the rest of the train state: optimiser state, rng, step, and the epoch-order key;
-  loop    JSON: epoch, position in the epoch, the epoch's losses so far, the best
-          validation MAE and its step, patience counter, the metrics.jsonl records.
+stores one `training.state.FitState`, as three items:
+  params    the meta-parameters (what evaluation and `recommend` restore);
+  state     the rest of its arrays: optimiser state, rng, step, the epoch-order key and the
+            best parameters so far;
+  progress  JSON: epoch, position in the epoch, the epoch's losses so far, the best
+            validation criterion and its step, patience counter, the metrics.jsonl records.
 Checkpoints saved right after a validation carry it as orbax metrics, and the preservation
-policy keeps the latest `keep` steps plus the one with the lowest validation MAE. A finished
-fit writes `done.json` (its summary); resuming a finished fit restores its best params.
+policy keeps the latest `keep` steps plus the one with the lowest validation criterion. A
+finished fit writes `done.json` (its summary); resuming a finished fit restores its best params.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from metarec_jax import writers
+from metarec_jax.training.state import Progress
 
 
 def _abstract(tree):
@@ -38,10 +40,12 @@ class FitCheckpoints:
       raise ValueError(f"checkpoint_every must be >= 0 (0: at epoch ends and the end only), got {every}")
     self.directory = os.path.abspath(directory)
     self.every = every
-    policy = pp.AnyPreservationPolicy([
+    policy = pp.AnyPreservationPolicy(
+      [
         pp.LatestN(keep),
-        pp.BestN(get_metric_fn=lambda m: -m["val_mae"], n=1, keep_checkpoints_without_metrics=False),
-    ])
+        pp.BestN(get_metric_fn=lambda m: -m["val"], n=1, keep_checkpoints_without_metrics=False),
+      ]
+    )
     # A save killed half-way leaves a "<step>.orbax-checkpoint-tmp*" folder, which orbax never
     # lists as a step; remove such leftovers here, synchronously (orbax's own cleanup option runs
     # in a background thread that can outlive a process exiting on an input error).
@@ -49,19 +53,27 @@ class FitCheckpoints:
       for name in os.listdir(self.directory):
         if ".orbax-checkpoint-tmp" in name:
           shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=False,
-                                           create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("params", "train", "loop"))
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=False, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("params", "state", "progress"))
 
   # -- saving --------------------------------------------------------------------------------
-  def save(self, step: int, params, train: dict, loop: dict, val_mae: float | None = None) -> None:
-    """Saves one step (synchronously; orbax writes to a temp folder and renames it)."""
+  def save(self, step: int, state, val: float | None = None) -> None:
+    """Saves the FitState `state` as `step` (synchronously; orbax writes to a temp folder and
+    renames it); `val` is its validation criterion, when it was just validated."""
     if step in self.manager.all_steps():
       return
-    self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                                    train=ocp.args.StandardSave(train),
-                                                    loop=ocp.args.JsonSave(writers.to_jsonable(loop))),
-                      metrics=None if val_mae is None else {"val_mae": float(val_mae)}, force=True)
+    arrays = state.arrays()
+    params = arrays.pop("params")
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params),
+        state=ocp.args.StandardSave(arrays),
+        progress=ocp.args.JsonSave(writers.to_jsonable(state.progress.to_json())),
+      ),
+      metrics=None if val is None else {"val": float(val)},
+      force=True,
+    )
 
   def mark_done(self, summary: dict) -> None:
     writers.write_json_atomic(os.path.join(self.directory, "done.json"), summary)
@@ -84,25 +96,32 @@ class FitCheckpoints:
     out = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(like))))
     return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(out.params))
 
-  def restore(self, step: int, params_like, train_like: dict) -> tuple[Any, dict, dict]:
-    out = self.manager.restore(step, args=ocp.args.Composite(
+  def restore(self, step: int, like):
+    """The FitState saved as `step`, shaped like the FitState `like`."""
+    arrays = like.arrays()
+    params_like = arrays.pop("params")
+    out = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
         params=ocp.args.StandardRestore(_abstract(params_like)),
-        train=ocp.args.StandardRestore(_abstract(train_like)),
-        loop=ocp.args.JsonRestore()))
-    params = jax.tree.unflatten(jax.tree.structure(params_like), jax.tree.leaves(out.params))
-    train = jax.tree.unflatten(jax.tree.structure(train_like), jax.tree.leaves(out.train))
-    return params, train, dict(out.loop)
+        state=ocp.args.StandardRestore(_abstract(arrays)),
+        progress=ocp.args.JsonRestore(),
+      ),
+    )
+    rest = jax.tree.unflatten(jax.tree.structure(arrays), jax.tree.leaves(out.state))
+    rest["params"] = jax.tree.unflatten(jax.tree.structure(params_like), jax.tree.leaves(out.params))
+    return like.with_arrays(rest, Progress.from_json(dict(out.progress)))
 
   def best_step(self) -> int | None:
-    """The step of the best validation MAE, from the latest checkpoint's loop state (or done.json)."""
+    """The step of the best validation criterion, from the latest checkpoint's progress (or done.json)."""
     done = self.done()
     if done is not None:
       return done["best_step"]
     step = self.latest_step()
     if step is None:
       return None
-    out = self.manager.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))
-    return out.loop["best"]["step"]
+    out = self.manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+    return out.progress["best_step"]
 
   def close(self) -> None:
     self.manager.close()

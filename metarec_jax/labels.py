@@ -38,8 +38,10 @@ class LabelSpec:
     if self.mode not in LABELS:
       raise ValueError(f"label must be one of {', '.join(LABELS)}, got {self.mode!r}")
     if self.mode == "binary" and not self.scale[0] < self.threshold <= self.scale[1]:
-      raise ValueError(f"label_threshold must be in ({self.scale[0]}, {self.scale[1]}] for this dataset's rating "
-                       f"scale, got {self.threshold}")
+      raise ValueError(
+        f"label_threshold must be in ({self.scale[0]}, {self.scale[1]}] for this dataset's rating "
+        f"scale, got {self.threshold}"
+      )
 
   @property
   def binary(self) -> bool:
@@ -88,8 +90,9 @@ class LabelSpec:
     """Metrics of [task, Q] label-space predictions (probabilities in binary mode)."""
     if self.binary:
       return binary_metrics(pred, y, mask, ks)
-    return metrics_lib.rating_metrics(self.decode(pred), self.decode(y), mask, ks=ks, threshold=self.threshold,
-                                      scale=self.scale)
+    return metrics_lib.rating_metrics(
+      self.decode(pred), self.decode(y), mask, ks=ks, threshold=self.threshold, scale=self.scale
+    )
 
 
 def auc_per_task(scores, y, mask):

@@ -36,7 +36,7 @@ def ndcg_per_task(scores, y, mask, k: int, *, binary_gain: bool = False):
   result is deterministic. Gain is 2^y - 1 (or y with `binary_gain`), discount
   1/log2(rank + 1). A task whose ideal DCG is 0 has no defined nDCG: valid is False.
   """
-  gain = jnp.where(mask, y if binary_gain else 2.0 ** y - 1.0, 0.0)
+  gain = jnp.where(mask, y if binary_gain else 2.0**y - 1.0, 0.0)
   masked_scores = jnp.where(mask, scores, -jnp.inf)
   order = jnp.argsort(-masked_scores, axis=-1, stable=True)
   ranked = jnp.take_along_axis(gain, order, axis=-1)
@@ -68,8 +68,9 @@ def threshold_metrics(pred, y, mask, threshold: float) -> dict[str, jnp.ndarray]
   return {"accuracy": acc, "precision": precision, "recall": recall, "f1": f1}
 
 
-def rating_metrics(pred, y, mask, *, ks=(1, 3, 5), threshold: float = 4.0,
-                   scale: tuple[float, float] | None = None) -> dict[str, jnp.ndarray]:
+def rating_metrics(
+  pred, y, mask, *, ks=(1, 3, 5), threshold: float = 4.0, scale: tuple[float, float] | None = None
+) -> dict[str, jnp.ndarray]:
   """Every explicit-rating metric for [task, query] predictions.
 
   With `scale=(lo, hi)`, error and threshold metrics use predictions clipped to the rating
@@ -79,8 +80,10 @@ def rating_metrics(pred, y, mask, *, ks=(1, 3, 5), threshold: float = 4.0,
   if scale is not None:
     pred = jnp.clip(pred, scale[0], scale[1])
   out = {
-      "mae": mae(pred, y, mask), "rmse": rmse(pred, y, mask),
-      "mae_pooled": mae(pred, y, mask, pooled=True), "rmse_pooled": rmse(pred, y, mask, pooled=True),
+    "mae": mae(pred, y, mask),
+    "rmse": rmse(pred, y, mask),
+    "mae_pooled": mae(pred, y, mask, pooled=True),
+    "rmse_pooled": rmse(pred, y, mask, pooled=True),
   }
   for k in ks:
     out[f"ndcg@{k}"] = ndcg(scores, y, mask, k)
@@ -109,10 +112,10 @@ def topk_metrics(scores, relevant, valid, k: int) -> dict[str, jnp.ndarray]:
   dcg = (hits * discount).sum(axis=1)
   ideal = jnp.where(jnp.arange(k)[None, :] < n_rel[:, None], discount[None, :], 0.0).sum(axis=1)
   per_user = {
-      f"precision@{k}": hits.sum(axis=1) / k,
-      f"recall@{k}": hits.sum(axis=1) / jnp.maximum(n_rel, 1),
-      f"hr@{k}": (hits.sum(axis=1) > 0).astype(jnp.float32),
-      f"ndcg@{k}": dcg / jnp.where(has, ideal, 1.0),
+    f"precision@{k}": hits.sum(axis=1) / k,
+    f"recall@{k}": hits.sum(axis=1) / jnp.maximum(n_rel, 1),
+    f"hr@{k}": (hits.sum(axis=1) > 0).astype(jnp.float32),
+    f"ndcg@{k}": dcg / jnp.where(has, ideal, 1.0),
   }
   n = has.sum()
   out = {name: jnp.where(has, v, 0.0).sum() / jnp.maximum(n, 1) for name, v in per_user.items()}

@@ -23,7 +23,11 @@ from metarec_jax.checkpoint import FitCheckpoints, checkpoint_dir
 from metarec_jax.data.features import NEW_USER_HELPER_VALUES
 from metarec_jax.data.io import parse_float, read_rows
 from metarec_jax.data.schema import DataError
-from metarec_jax.train import Config, Setup, build_setup, make_predict_fn
+from metarec_jax.config import Config
+from metarec_jax.evaluate import make_predict_fn
+from metarec_jax.learners import TRAIN, get_spec
+from metarec_jax.protocol import FINAL_METRICS
+from metarec_jax.setup import Setup, build_setup
 
 
 class RecommendError(ValueError):
@@ -49,16 +53,17 @@ def load_trained(workdir: str, data_dir: str | None = None) -> Trained:
   if data_dir:
     config = dataclasses.replace(config, data_dir=data_dir)
   st = build_setup(config)
-  final_path = os.path.join(workdir, "final_metrics.json")
+  final_path = os.path.join(workdir, FINAL_METRICS)
   if config.base and os.path.isfile(final_path):  # the base's recorded choice: no validation grid again
     with open(final_path) as f:
       recorded = json.load(f).get("base")
     if recorded and recorded.get("name") == config.base:
-      st.select_foldin(config.base, recorded=recorded)
+      val = next((v for k, v in recorded.items() if k.startswith("val/")), None)
+      st.select(config.base, recorded={"selected": recorded["selected"], "val": val})
   learner = st.make(config.learner)
   params = st.init_params(learner)
   step = None
-  if learner.meta_loss is not None:
+  if get_spec(config.learner).source == TRAIN:
     folder = checkpoint_dir(workdir, learner.name)
     if not os.path.isdir(folder):
       raise RecommendError(f"{folder}: no checkpoints of {learner.name!r}; train with --checkpoints")
@@ -71,6 +76,17 @@ def load_trained(workdir: str, data_dir: str | None = None) -> Trained:
     finally:
       ck.close()
   return Trained(st, learner, params, step)
+
+
+def parse_user_features(items: list[str]) -> dict[str, str]:
+  """--user_features entries field=code -> {field: code}."""
+  out = {}
+  for it in items:
+    if it.count("=") != 1:
+      raise RecommendError(f"--user_features entry {it!r}: expected field=code")
+    k, v = it.split("=")
+    out[k.strip()] = v.strip()
+  return out
 
 
 def _item_index(ds) -> dict[str, int]:
@@ -95,8 +111,10 @@ def parse_ratings(spec: str, ds) -> list[tuple[int, float]]:
       raise RecommendError(f"--ratings pair {j} ({p!r}): expected item_id:rating")
     item, value = (x.strip() for x in p.split(":"))
     if item not in index:
-      raise RecommendError(f"--ratings pair {j}: item id {item!r} is not an item of {ds.name} "
-                           f"({ds.n_items} items, ids {ds.item_ids[0]}..{ds.item_ids[-1]})")
+      raise RecommendError(
+        f"--ratings pair {j}: item id {item!r} is not an item of {ds.name} "
+        f"({ds.n_items} items, ids {ds.item_ids[0]}..{ds.item_ids[-1]})"
+      )
     try:
       r = float(value)
     except ValueError:
@@ -144,13 +162,17 @@ def new_user_tables(st: Setup, features: dict[str, str] | None = None) -> tuple[
   for key, raw in features.items():
     name = key if key.startswith("user/") else f"user/{key}"
     if name not in user_fields:
-      raise RecommendError(f"--user_features: {key!r} is not a user field of {st.ds.name}; choose from "
-                           f"{', '.join(user_fields) or '(none)'}")
+      raise RecommendError(
+        f"--user_features: {key!r} is not a user field of {st.ds.name}; choose from "
+        f"{', '.join(user_fields) or '(none)'}"
+      )
     spec = user_fields[name]
     try:
       code = int(raw)
     except ValueError:
-      raise RecommendError(f"--user_features: {name}={raw!r} must be an integer code in [0, {spec.vocab_size - 1}]") from None
+      raise RecommendError(
+        f"--user_features: {name}={raw!r} must be an integer code in [0, {spec.vocab_size - 1}]"
+      ) from None
     if not 0 <= code < spec.vocab_size:
       raise RecommendError(f"--user_features: {name}={code} is outside [0, {spec.vocab_size - 1}]")
     values[name] = code
@@ -170,15 +192,20 @@ def new_user_tables(st: Setup, features: dict[str, str] | None = None) -> tuple[
 
 def _episode(users, support_items, support_ratings, support_mask, candidates):
   T, C = len(users), len(candidates)
-  return {"user": jnp.asarray(users, jnp.int32), "support_item": jnp.asarray(support_items, jnp.int32),
-          "support_rating": jnp.asarray(support_ratings, jnp.float32),
-          "support_mask": jnp.asarray(support_mask, bool),
-          "query_item": jnp.asarray(np.broadcast_to(candidates, (T, C)), jnp.int32),
-          "query_rating": jnp.zeros((T, C), jnp.float32), "query_mask": jnp.ones((T, C), bool)}
+  return {
+    "user": jnp.asarray(users, jnp.int32),
+    "support_item": jnp.asarray(support_items, jnp.int32),
+    "support_rating": jnp.asarray(support_ratings, jnp.float32),
+    "support_mask": jnp.asarray(support_mask, bool),
+    "query_item": jnp.asarray(np.broadcast_to(candidates, (T, C)), jnp.int32),
+    "query_rating": jnp.zeros((T, C), jnp.float32),
+    "query_mask": jnp.ones((T, C), bool),
+  }
 
 
-def recommend_for_new_user(tr: Trained, ratings: list[tuple[int, float]], top_k: int = 10,
-                           features: dict[str, str] | None = None) -> dict:
+def recommend_for_new_user(
+  tr: Trained, ratings: list[tuple[int, float]], top_k: int = 10, features: dict[str, str] | None = None
+) -> dict:
   """Adapts to `ratings` and ranks every item the user has not rated; returns a JSON-able dict."""
   st, ds = tr.setup, tr.setup.ds
   if not ratings:
@@ -192,22 +219,42 @@ def recommend_for_new_user(tr: Trained, ratings: list[tuple[int, float]], top_k:
   items = np.zeros((1, S), np.int32)
   rates = np.zeros((1, S), np.float32)
   mask = np.zeros((1, S), bool)
-  mask[0, :len(ratings)] = True
-  items[0, :len(ratings)] = rated
-  rates[0, :len(ratings)] = st.scen.label.encode(np.array([r for _, r in ratings]))  # as the episodes were
+  mask[0, : len(ratings)] = True
+  items[0, : len(ratings)] = rated
+  rates[0, : len(ratings)] = st.scen.label.encode(np.array([r for _, r in ratings]))  # as the episodes were
   predict = make_predict_fn(tr.learner)
-  scores = np.asarray(st.scen.label.decode(predict(tr.params, {k: jnp.asarray(v) for k, v in tables.items()},
-                                                   _episode([user], items, rates, mask, candidates))))[0]
+  scores = np.asarray(
+    st.scen.label.decode(
+      predict(
+        tr.params, {k: jnp.asarray(v) for k, v in tables.items()}, _episode([user], items, rates, mask, candidates)
+      )
+    )
+  )[0]
   order = np.argsort(-scores, kind="stable")[:top_k]
   known = np.zeros(ds.n_items, bool)
   known[st.scen.train_ratings[1]] = True
-  rows = [{"rank": r + 1, "item_id": _plain(ds.item_ids[candidates[j]]),
-           "title": ds.item_titles[candidates[j]] if ds.item_titles else None,
-           "score": float(scores[j]), "new_item": not bool(known[candidates[j]])} for r, j in enumerate(order)]
-  return {"dataset": ds.name, "learner": tr.learner.name, "checkpoint_step": tr.checkpoint_step,
-          "ratings": [{"item_id": _plain(ds.item_ids[i]), "rating": r,
-                       "title": ds.item_titles[i] if ds.item_titles else None} for i, r in ratings],
-          "user_features": values, "n_candidates": int(len(candidates)), "top_k": rows}
+  rows = [
+    {
+      "rank": r + 1,
+      "item_id": _plain(ds.item_ids[candidates[j]]),
+      "title": ds.item_titles[candidates[j]] if ds.item_titles else None,
+      "score": float(scores[j]),
+      "new_item": not bool(known[candidates[j]]),
+    }
+    for r, j in enumerate(order)
+  ]
+  return {
+    "dataset": ds.name,
+    "learner": tr.learner.name,
+    "checkpoint_step": tr.checkpoint_step,
+    "ratings": [
+      {"item_id": _plain(ds.item_ids[i]), "rating": r, "title": ds.item_titles[i] if ds.item_titles else None}
+      for i, r in ratings
+    ],
+    "user_features": values,
+    "n_candidates": int(len(candidates)),
+    "top_k": rows,
+  }
 
 
 def _plain(x):
@@ -251,9 +298,16 @@ def batch_recommend(tr: Trained, scenario: str, top_k: int = 10, threshold: floa
   idx = np.arange(-(-T // chunk) * chunk) % T
   scores = []
   for c in range(len(idx) // chunk):
-    b = idx[c * chunk:(c + 1) * chunk]
-    scores.append(np.asarray(predict(tr.params, tables, _episode(eps.user[b], eps.support_item[b], eps.support_rating[b],
-                                                                 eps.support_mask[b], candidates))))
+    b = idx[c * chunk : (c + 1) * chunk]
+    scores.append(
+      np.asarray(
+        predict(
+          tr.params,
+          tables,
+          _episode(eps.user[b], eps.support_item[b], eps.support_rating[b], eps.support_mask[b], candidates),
+        )
+      )
+    )
   scores = np.concatenate(scores)[:T]
   m = metrics_lib.topk_metrics(jnp.asarray(scores), jnp.asarray(relevant), jnp.asarray(valid), top_k)
   # Reference on the same candidates: rank by the number of training ratings (popularity).
@@ -261,14 +315,66 @@ def batch_recommend(tr: Trained, scenario: str, top_k: int = 10, threshold: floa
   counts = np.bincount(st.scen.train_ratings[1], minlength=ds.n_items)[candidates].astype(np.float32)
   pop = None
   if counts.max() > 0:
-    pop = metrics_lib.topk_metrics(jnp.asarray(np.broadcast_to(counts, (T, C))), jnp.asarray(relevant),
-                                   jnp.asarray(valid), top_k)
+    pop = metrics_lib.topk_metrics(
+      jnp.asarray(np.broadcast_to(counts, (T, C))), jnp.asarray(relevant), jnp.asarray(valid), top_k
+    )
   masked = np.where(valid, scores, -np.inf)
   top = np.argsort(-masked, axis=1, kind="stable")[:, :top_k]
-  lists = [{"user_id": _plain(ds.user_ids[eps.user[t]]),
-            "items": [_plain(ds.item_ids[candidates[j]]) for j in top[t]],
-            "scores": [float(scores[t, j]) for j in top[t]]} for t in range(T)]
-  return {"dataset": ds.name, "learner": tr.learner.name, "scenario": scenario, "checkpoint_step": tr.checkpoint_step,
-          "k": top_k, "relevance_threshold": threshold, "n_candidates": int(C), "n_test_users": T,
-          "metrics": {k: float(v) for k, v in m.items()},
-          "popularity_metrics": None if pop is None else {k: float(v) for k, v in pop.items()}, "lists": lists}
+  lists = [
+    {
+      "user_id": _plain(ds.user_ids[eps.user[t]]),
+      "items": [_plain(ds.item_ids[candidates[j]]) for j in top[t]],
+      "scores": [float(scores[t, j]) for j in top[t]],
+    }
+    for t in range(T)
+  ]
+  return {
+    "dataset": ds.name,
+    "learner": tr.learner.name,
+    "scenario": scenario,
+    "checkpoint_step": tr.checkpoint_step,
+    "k": top_k,
+    "relevance_threshold": threshold,
+    "n_candidates": int(C),
+    "n_test_users": T,
+    "metrics": {k: float(v) for k, v in m.items()},
+    "popularity_metrics": None if pop is None else {k: float(v) for k, v in pop.items()},
+    "lists": lists,
+  }
+
+
+def format_table(res: dict) -> str:
+  """The text a person reads for `recommend_for_new_user`'s result."""
+  lines = []
+  lines.append(
+    f"{res['dataset']}, learner {res['learner']} (checkpoint step {res['checkpoint_step']}); "
+    f"adapted to {len(res['ratings'])} ratings:"
+  )
+  for r in res["ratings"]:
+    lines.append(f"  {r['rating']:g}  {r['item_id']}  {r['title'] or ''}")
+  lines.append(f"top {len(res['top_k'])} of {res['n_candidates']} unrated items:")
+  lines.append(f"  {'rank':>4}  {'item':>6}  {'score':>5}  title")
+  for row in res["top_k"]:
+    flag = "  (new item)" if row["new_item"] else ""
+    lines.append(f"  {row['rank']:>4}  {row['item_id']!s:>6}  {row['score']:5.2f}  {row['title'] or ''}{flag}")
+  return "\n".join(lines)
+
+
+def format_batch(res: dict, out: str) -> str:
+  """The text a person reads for `batch_recommend`'s result, written to `out`."""
+  m, k = res["metrics"], res["k"]
+  lines = [
+    f"{res['dataset']} {res['scenario']}: {res['n_test_users']} test users, {res['n_candidates']} "
+    f"candidates; P@{k} {m[f'precision@{k}']:.4f}  R@{k} {m[f'recall@{k}']:.4f}  HR@{k} "
+    f"{m[f'hr@{k}']:.4f}  nDCG@{k} {m[f'ndcg@{k}']:.4f} over {int(m['n_users'])} users with a liked "
+    f"held-out item; lists in {out}"
+  ]
+  p = res["popularity_metrics"]
+  if p is None:
+    lines.append("  popularity ranking: not defined here (no candidate has training ratings)")
+  else:
+    lines.append(
+      f"  popularity ranking on the same candidates: P@{k} {p[f'precision@{k}']:.4f}  R@{k} "
+      f"{p[f'recall@{k}']:.4f}  HR@{k} {p[f'hr@{k}']:.4f}  nDCG@{k} {p[f'ndcg@{k}']:.4f}"
+    )
+  return "\n".join(lines)

@@ -12,8 +12,9 @@ from metarec_jax.writers import mean_std
 from metarec_jax.data.tasks import SCENARIOS
 
 
-def write_report(out_dir: str, table_md: str, command: str, total_s: float | None = None,
-                 formats=("png", "svg")) -> str:
+def write_report(
+  out_dir: str, table_md: str, command: str, total_s: float | None = None, formats=("png", "svg")
+) -> str:
   """Draws the figures of <out_dir>/results.json into <out_dir>/figures and writes <out_dir>/report.md."""
   res = plots.load_results([out_dir])
   fig_dir = os.path.join(out_dir, "figures")
@@ -26,25 +27,45 @@ def write_report(out_dir: str, table_md: str, command: str, total_s: float | Non
   learners = plots.learner_order(res)
   seeds = sorted({r["seed"] for r in res.runs}, key=str)
   ds = res.runs[0]["final"].get("dataset", {})
-  lines = [f"# Comparison report: {res.dataset or 'dataset'}", "",
-           f"Learners × scenarios × seeds {', '.join(map(str, seeds))}, each learner chosen by early stopping on "
-           "validation users; test users are only scored.", "",
-           "## Commands", "", "Produced by:", "", "```bash", command, "```", "",
-           "Figures again from the JSON:", "", "```bash",
-           f"python -m experiments.plot --results={out_dir} --out={fig_dir}", "```", "",
-           "## Set-up", "",
-           f"- machine: {platform.platform()}, {os.cpu_count()} CPU cores, jax {jax.__version__} on "
-           f"{jax.default_backend()}" + (f"; total wall time {total_s:.0f} s" if total_s is not None else ""),
-           f"- dataset: {ds.get('name', '?')}: {ds.get('n_users', '?')} users, {ds.get('n_items', '?')} items, "
-           f"{ds.get('n_ratings', '?')} ratings; {ds.get('n_train_tasks', '?')} meta-training and "
-           f"{ds.get('n_val_tasks', '?')} validation tasks",
-           "- test tasks per scenario: " + ", ".join(f"{s} {ds.get('n_test_tasks', {}).get(s, '?')}" for s in SCENARIOS),
-           "", "| learner | family |", "|---|---|"]
+  lines = [
+    f"# Comparison report: {res.dataset or 'dataset'}",
+    "",
+    f"Learners × scenarios × seeds {', '.join(map(str, seeds))}, each learner chosen by early stopping on "
+    "validation users; test users are only scored.",
+    "",
+    "## Commands",
+    "",
+    "Produced by:",
+    "",
+    "```bash",
+    command,
+    "```",
+    "",
+    "Figures again from the JSON:",
+    "",
+    "```bash",
+    f"python -m experiments.plot --results={out_dir} --out={fig_dir}",
+    "```",
+    "",
+    "## Set-up",
+    "",
+    f"- machine: {platform.platform()}, {os.cpu_count()} CPU cores, jax {jax.__version__} on "
+    f"{jax.default_backend()}" + (f"; total wall time {total_s:.0f} s" if total_s is not None else ""),
+    f"- dataset: {ds.get('name', '?')}: {ds.get('n_users', '?')} users, {ds.get('n_items', '?')} items, "
+    f"{ds.get('n_ratings', '?')} ratings; {ds.get('n_train_tasks', '?')} meta-training and "
+    f"{ds.get('n_val_tasks', '?')} validation tasks",
+    "- test tasks per scenario: " + ", ".join(f"{s} {ds.get('n_test_tasks', {}).get(s, '?')}" for s in SCENARIOS),
+    "",
+    "| learner | family |",
+    "|---|---|",
+  ]
   lines += [f"| {n} | {fam.get(n, '?')} |" for n in learners]
   lines += [""]
-  captions = {"comparison": "Learners × scenarios: MAE and nDCG@3, mean ± std over seeds.",
-              "few_shot": "Few-shot curve: metric against the support size k, ±std band over seeds.",
-              "learning_curves": "Learning curves: meta-training loss and validation MAE per epoch, one line per run."}
+  captions = {
+    "comparison": "Learners × scenarios: MAE and nDCG@3, mean ± std over seeds.",
+    "few_shot": "Few-shot curve: metric against the support size k, ±std band over seeds.",
+    "learning_curves": "Learning curves: meta-training loss and validation MAE per epoch, one line per run.",
+  }
   if figures:
     lines += ["## Figures", ""]
     for name, paths in figures.items():
@@ -77,7 +98,7 @@ def fmt(ms, digits=3):
 
 
 def build_table(runs: list[dict], learners: list[str], ks: list[int]) -> tuple[str, dict]:
-  """runs: [{"learner", "seed", "final"}] -> (markdown, summary)."""
+  """runs: [{"learner", "seed", "final", "timing", "wall_s"}] -> (markdown, summary)."""
   names, families = [], {}
   for r in runs:
     families.update(r["final"]["families"])
@@ -87,30 +108,50 @@ def build_table(runs: list[dict], learners: list[str], ks: list[int]) -> tuple[s
   metrics, curve_metric = table_metrics(runs)
   summary = {"results": {}, "few_shot": {}, "timing": {}}
   for n in names:
-    summary["results"][n] = {s: {m: mean_std([r["final"]["results"][n][s].get(m) for r in runs
-                                                if n in r["final"]["results"]]) for m in metrics}
-                             for s in SCENARIOS}
-    summary["few_shot"][n] = {str(k): mean_std([r["final"]["few_shot_user_cold"].get(n, {}).get(str(k), {}).get(curve_metric)
-                                                for r in runs if n in r["final"]["few_shot_user_cold"]]) for k in ks}
+    summary["results"][n] = {
+      s: {
+        m: mean_std([r["final"]["results"][n][s].get(m) for r in runs if n in r["final"]["results"]]) for m in metrics
+      }
+      for s in SCENARIOS
+    }
+    cold = [r["final"]["few_shot"].get("user_cold", {}) for r in runs]
+    summary["few_shot"][n] = {
+      str(k): mean_std([c[n].get(str(k), {}).get(curve_metric) for c in cold if n in c]) for k in ks
+    }
   for n in learners:
     mine = [r for r in runs if r["learner"] == n]
-    tr = [r["final"]["timing"]["training"].get(n, {}) for r in mine]
-    summary["timing"][n] = {"wall_s": mean_std([r["wall_s"] for r in mine]),
-                            "tasks_per_s": mean_std([t.get("tasks_per_s") for t in tr])}
+    tr = [r["timing"]["training"].get(n, {}) for r in mine]
+    summary["timing"][n] = {
+      "wall_s": mean_std([r["wall_s"] for r in mine]),
+      "tasks_per_s": mean_std([t.get("tasks_per_s") for t in tr]),
+    }
   lines = []
   for m in metrics:
-    lines += [f"### {m} (mean ± std over seeds)", "", "| learner | family | " + " | ".join(SCENARIOS) + " |",
-              "|---|---|" + "---|" * len(SCENARIOS)]
+    lines += [
+      f"### {m} (mean ± std over seeds)",
+      "",
+      "| learner | family | " + " | ".join(SCENARIOS) + " |",
+      "|---|---|" + "---|" * len(SCENARIOS),
+    ]
     for n in names:
       lines.append(f"| {n} | {families[n]} | " + " | ".join(fmt(summary["results"][n][s][m]) for s in SCENARIOS) + " |")
     lines.append("")
   if ks:
-    lines += [f"### user-cold {curve_metric.upper()} against support size k (few-shot curve)", "",
-              "| learner | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    lines += [
+      f"### user-cold {curve_metric.upper()} against support size k (few-shot curve)",
+      "",
+      "| learner | " + " | ".join(f"k={k}" for k in ks) + " |",
+      "|---|" + "---|" * len(ks),
+    ]
     for n in names:
       lines.append(f"| {n} | " + " | ".join(fmt(summary["few_shot"][n][str(k)]) for k in ks) + " |")
-  lines += ["", "### time per run (training, evaluation and, for the first learner, the baselines)", "",
-            "| learner | wall time (s) | meta-train tasks/s |", "|---|---|---|"]
+  lines += [
+    "",
+    "### time per run (training, evaluation and, for the first learner, the baselines)",
+    "",
+    "| learner | wall time (s) | meta-train tasks/s |",
+    "|---|---|---|",
+  ]
   for n in learners:
     t = summary["timing"][n]
     lines.append(f"| {n} | {fmt(t['wall_s'], 1)} | {fmt(t['tasks_per_s'], 0)} |")

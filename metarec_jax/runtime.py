@@ -48,8 +48,10 @@ def task_mesh(n_devices: int) -> Mesh | None:
 
 def check_divisible(meta_batch_size: int, mesh: Mesh | None) -> None:
   if mesh is not None and meta_batch_size % mesh.size:
-    raise ValueError(f"meta_batch_size={meta_batch_size} does not divide by the {mesh.size} devices the task "
-                     f"axis is sharded over; use a multiple of {mesh.size} or --devices=1")
+    raise ValueError(
+      f"meta_batch_size={meta_batch_size} does not divide by the {mesh.size} devices the task "
+      f"axis is sharded over; use a multiple of {mesh.size} or --devices=1"
+    )
 
 
 def replicated(mesh: Mesh | None):

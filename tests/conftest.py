@@ -31,17 +31,28 @@ def shared_data_dir():
 def run_binary(module: str, *args: str, timeout: int = 600):
   """Runs `python -m module args...` from the repo root; returns the CompletedProcess."""
   import subprocess
+
   env = dict(os.environ)
   env["JAX_COMPILATION_CACHE_DIR"] = _CACHE
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+  )
 
 
 # A tiny synthetic run with checkpoints, shared by the checkpoint and recommendation tests.
-TINY_RUN = ["--dataset=synthetic", "--synthetic_users=100", "--synthetic_items=120", "--epochs=3",
-            "--meta_batch_size=8", "--hidden=16", "--embed_dim=8", "--inner_steps=1",
-            "--baselines=global_mean,item_mean,support_mean,pooled,finetune", "--checkpoint_every=4",
-            "--keep_checkpoints=2"]
+TINY_RUN = [
+  "--dataset=synthetic",
+  "--synthetic_users=100",
+  "--synthetic_items=120",
+  "--epochs=3",
+  "--meta_batch_size=8",
+  "--hidden=16",
+  "--embed_dim=8",
+  "--inner_steps=1",
+  "--baselines=global_mean,item_mean,support_mean,pooled,finetune",
+  "--checkpoint_every=4",
+  "--keep_checkpoints=2",
+]
 
 
 @pytest.fixture(scope="session")

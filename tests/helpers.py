@@ -1,6 +1,7 @@
 """Small shared builders for tests (tiny synthetic data, a tiny model, featurised episodes)."""
 
 import jax
+import pytest
 import jax.numpy as jnp
 import numpy as np
 
@@ -9,7 +10,7 @@ from metarec_jax.data.features import feature_tables
 from metarec_jax.data.tasks import TaskConfig, build_scenarios
 from metarec_jax.learners import FitContext
 from metarec_jax.models import create_model
-from metarec_jax.train import featurize_episodes
+from metarec_jax.data.episodes import featurize_episodes
 
 
 def tiny_setup(*, n_users=80, n_items=120, hidden=(8,), embed_dim=4, max_ratings=30, seed=0, linear=False):
@@ -19,8 +20,7 @@ def tiny_setup(*, n_users=80, n_items=120, hidden=(8,), embed_dim=4, max_ratings
   known[scen.train_ratings[1]] = True
   fields, tables = feature_tables(ds, known_items=known, item_id=True)
   model = create_model("content", fields=fields, embed_dim=embed_dim, hidden=hidden, output_bias=3.5, linear=linear)
-  ctx = FitContext(model=model, fields=fields, n_items=ds.n_items, train_users=scen.train_ratings[0],
-                   train_items=scen.train_ratings[1], train_ratings=scen.train_ratings[2], tables=tables)
+  ctx = FitContext.of(model, fields, ds.n_items, scen.train_ratings, tables=tables)
   tables = {k: jnp.asarray(v) for k, v in tables.items()}
   return ds, scen, model, ctx, tables
 
@@ -36,3 +36,24 @@ def task(episode, t):
 
 def to_f64(tree):
   return jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def fit_on(learner, params, data, scen, config, **kw):
+  """training.loop.fit with validation on `scen.val` (the protocol's criterion and cut-offs)."""
+  from metarec_jax.evaluate import Evaluator
+  from metarec_jax.setup import VAL_KS
+  from metarec_jax.training.loop import fit
+
+  label = scen.label
+  ev = Evaluator(data["tables"], chunk=config.eval_chunk, label=label)
+  val = (lambda p: ev.score(learner, p, "val", scen.val, ks=VAL_KS)) if len(scen.val) else None
+  select = label.select_metric if label is not None else "mae"
+  return fit(learner, params, data, config, n_tasks=len(scen.train), val_score=val, select=select, **kw)
+
+
+def fast_first(values):
+  """The first value in the fast tier, the others marked slow (the full suite runs them all)."""
+  return [
+    v if i == 0 else pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=pytest.mark.slow)
+    for i, v in enumerate(values)
+  ]

@@ -13,7 +13,9 @@ from conftest import run_binary
 from metarec_jax import bench
 from metarec_jax.learners import create_learner
 from metarec_jax.models import create_model
-from metarec_jax.train import create_train_state, device_data, featurize_episodes, make_epoch_order, make_train_step
+from metarec_jax.training.state import create_train_state
+from metarec_jax.data.episodes import device_data, featurize_episodes
+from metarec_jax.training.step import make_epoch_order, make_train_step
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +40,10 @@ def test_melu_shapes_are_valid_padded_episodes(melu):
   assert set(np.unique(ep.query_rating)) <= {1.0, 2.0, 3.0, 4.0, 5.0}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adapt,first_order,steps", [("head", False, 2), ("all", False, 1), ("head", True, 1)])
 def test_torch_reference_meta_gradient_equals_ours(melu, adapt, first_order, steps):
-  tr = pytest.importorskip("experiments.torch_reference")
+  tr = pytest.importorskip("metarec_jax.torch_reference")
   if not tr.available():
     pytest.skip("torch is not installed (pip install -e .[bench])")
   shapes, model, data = melu
@@ -48,14 +51,30 @@ def test_torch_reference_meta_gradient_equals_ours(melu, adapt, first_order, ste
   ep = featurize_episodes(data["tables"], jax.tree.map(lambda a: a[:3], data["episodes"]))
   params = learner.init(jax.random.key(0), ep, None)
   g = jax.grad(lambda p: learner.meta_loss(p, ep, None)[0])(params)
-  ref = tr.TorchMAML(model, jax.tree.map(np.asarray, params["model"]), shapes.tables, shapes.episodes.arrays(),
-                     inner_lr=0.3, inner_steps=steps, first_order=first_order, adapt=adapt)
+  ref = tr.TorchMAML(
+    model,
+    jax.tree.map(np.asarray, params["model"]),
+    shapes.tables,
+    shapes.episodes.arrays(),
+    inner_lr=0.3,
+    inner_steps=steps,
+    first_order=first_order,
+    adapt=adapt,
+  )
   diff, scale = tr.max_grad_diff(ref.meta_grads(np.arange(3)), g["model"])
   assert scale > 1e-3
   assert diff <= 1e-5 * max(1.0, scale)
   # The check can fail: a different inner learning rate gives a different meta-gradient.
-  other = tr.TorchMAML(model, jax.tree.map(np.asarray, params["model"]), shapes.tables, shapes.episodes.arrays(),
-                       inner_lr=0.1, inner_steps=steps, first_order=first_order, adapt=adapt)
+  other = tr.TorchMAML(
+    model,
+    jax.tree.map(np.asarray, params["model"]),
+    shapes.tables,
+    shapes.episodes.arrays(),
+    inner_lr=0.1,
+    inner_steps=steps,
+    first_order=first_order,
+    adapt=adapt,
+  )
   assert tr.max_grad_diff(other.meta_grads(np.arange(3)), g["model"])[0] > 1e-4
 
 
@@ -68,18 +87,27 @@ def test_jax_loop_step_equals_vmapped_step(melu):
   fresh = lambda: create_train_state(jax.random.key(2), jax.tree.map(jnp.copy, params), optax.adam(1e-2))  # noqa: E731
   vm = make_train_step(learner)(fresh(), data, order)[0]  # donates its state
   loop = bench.make_jax_loop_step(learner, data["tables"])
-  lp = loop(fresh(), data, order,
-            [jnp.int32(t) for t in range(4)])
+  lp = loop(fresh(), data, order, [jnp.int32(t) for t in range(4)])
   assert int(lp.step) == int(vm.step) == 1
   for a, b in zip(jax.tree.leaves(lp.params), jax.tree.leaves(vm.params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_benchmark_binary_writes_timings_ratios_and_one_compile(tmp_path):
   out = tmp_path / "bench.json"
-  done = run_binary("experiments.benchmark", "--learners=maml,prototype", "--meta_batch_sizes=4",
-                    "--inner_steps=1", "--steps=3", "--warmup=0", "--baseline_steps=1", "--n_tasks=32",
-                    "--nocached_compile", f"--out={out}")
+  done = run_binary(
+    "experiments.benchmark",
+    "--learners=maml,prototype",
+    "--meta_batch_sizes=4",
+    "--inner_steps=1",
+    "--steps=3",
+    "--warmup=0",
+    "--baseline_steps=1",
+    "--n_tasks=32",
+    "--nocached_compile",
+    f"--out={out}",
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   res = json.loads(out.read_text())
   assert res["machine"]["platform"] == "cpu" and res["machine"]["gemm_2048_flops"] > 0
@@ -97,18 +125,34 @@ def test_benchmark_binary_writes_timings_ratios_and_one_compile(tmp_path):
     assert maml["speedup_vs_torch_loop"] > 0
 
 
+@pytest.mark.slow
 def test_benchmark_rejects_a_meta_batch_that_does_not_divide_the_devices(tmp_path):
-  done = run_binary("experiments.benchmark", "--learners=maml", "--meta_batch_sizes=6", "--devices=4",
-                    "--steps=1", "--baselines=", "--n_tasks=32", f"--out={tmp_path / 'x.json'}")
+  done = run_binary(
+    "experiments.benchmark",
+    "--learners=maml",
+    "--meta_batch_sizes=6",
+    "--devices=4",
+    "--steps=1",
+    "--baselines=",
+    "--n_tasks=32",
+    f"--out={tmp_path / 'x.json'}",
+  )
   assert done.returncode == 2
   assert "meta_batch_size=6 does not divide by the 4 devices" in done.stderr
   assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_growth_suite_reports_each_phase(tmp_path):
   out = tmp_path / "growth.json"
-  done = run_binary("experiments.benchmark", "--suite=growth", "--growth_users=200,400", "--growth_items=150",
-                    "--growth_batch=16", f"--out={out}")
+  done = run_binary(
+    "experiments.benchmark",
+    "--suite=growth",
+    "--growth_users=200,400",
+    "--growth_items=150",
+    "--growth_batch=16",
+    f"--out={out}",
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   rows = json.loads(out.read_text())["growth"]
   assert [r["n_users"] for r in rows] == [200, 400]

@@ -5,9 +5,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarec_jax.data.features import (COOC_FIELD, COOC_FOLD_OF_USER, COOC_FOLD_TABLES, COOC_SUPPORT_FIELD,
-                                       COOC_SUPPORT_FOLDS, COOC_SUPPORT_ROWS, cooccurrence_tables, feature_tables,
-                                       featurize, out_of_fold_cooc, support_cooc, support_similarity)
+from metarec_jax.data.features import (
+  COOC_FIELD,
+  COOC_FOLD_OF_USER,
+  COOC_FOLD_TABLES,
+  COOC_SUPPORT_FIELD,
+  COOC_SUPPORT_FOLDS,
+  COOC_SUPPORT_ROWS,
+  cooccurrence_tables,
+  feature_tables,
+  featurize,
+  out_of_fold_cooc,
+  support_cooc,
+  support_similarity,
+)
 from metarec_jax.data.schema import DataError, FieldSpec
 from metarec_jax.learners import FitContext, create_learner
 from metarec_jax.learners.base import Batch
@@ -61,8 +72,10 @@ def test_a_fold_fit_never_sees_its_own_users():
   factor = g_other.sum() / g_base.sum()
   assert abs(factor - 1.0) < 0.1
   np.testing.assert_allclose(g_other, factor * g_base, atol=1e-4)
-  for e_base, e_other in ((base[COOC_FIELD], other[COOC_FIELD]),
-                          (base[COOC_FOLD_TABLES][0], other[COOC_FOLD_TABLES][0])):
+  for e_base, e_other in (
+    (base[COOC_FIELD], other[COOC_FIELD]),
+    (base[COOC_FOLD_TABLES][0], other[COOC_FOLD_TABLES][0]),
+  ):
     g0, g1 = gram(e_base), gram(e_other)
     assert np.abs(g1 - g1.sum() / g0.sum() * g0).max() > 1e-2
 
@@ -118,6 +131,7 @@ def test_dense_field_is_projected_and_validated():
   v = jnp.array([[1.0, 0.0, 2.0]])
   np.testing.assert_allclose(embed_field(table, spec, v), v @ table)
   from metarec_jax.data.synthetic import generate
+
   ds = generate(n_users=20, n_items=10, seed=0)
   ds.fields = ds.fields + (spec,)
   ds.features = dict(ds.features, **{"item/v": np.zeros((10, 2), np.float32)})
@@ -135,8 +149,16 @@ def test_dense_field_is_projected_and_validated():
 def test_cooc_knn_ranks_by_cooccurrence_with_the_support_positives():
   users, items = _positives()
   t = cooccurrence_tables(users, items, n_users=45, n_items=30, dim=8)
-  ctx = FitContext(model=None, fields=(), n_items=30, train_users=users, train_items=items,
-                   train_ratings=np.ones(len(users), np.float32), tables=t, binary_labels=True)
+  ctx = FitContext(
+    model=None,
+    fields=(),
+    n_items=30,
+    train_users=users,
+    train_items=items,
+    train_ratings=np.ones(len(users), np.float32),
+    tables=t,
+    binary_labels=True,
+  )
   b = create_learner("cooc_knn")
   params = b.init(None, None, ctx)
   support = Batch({"item": jnp.array([0, 1, 25])}, jnp.array([1.0, 1.0, 0.0]), jnp.array([True, True, True]))
@@ -153,8 +175,20 @@ def test_cooc_knn_ranks_by_cooccurrence_with_the_support_positives():
   with pytest.raises(ValueError, match="takes no options"):
     create_learner("popularity", dim=8)
   with pytest.raises(ValueError, match="cooc_knn baseline needs 0/1 labels"):
-    b.init(None, None, FitContext(model=None, fields=(), n_items=30, train_users=users, train_items=items,
-                                  train_ratings=np.ones(len(users), np.float32), tables={}, binary_labels=True))
+    b.init(
+      None,
+      None,
+      FitContext(
+        model=None,
+        fields=(),
+        n_items=30,
+        train_users=users,
+        train_items=items,
+        train_ratings=np.ones(len(users), np.float32),
+        tables={},
+        binary_labels=True,
+      ),
+    )
 
 
 def test_out_of_fold_rows_remove_the_training_users_own_cooccurrences():
@@ -178,6 +212,7 @@ def _groups_fixture(tmp_path):
   """TaNP-format files: 60 users in three taste groups over 60 items, 20 support and 10 query
   pairs each, 20 % of the labels flipped; training users 0-39, validation 40-49, test 50-59."""
   from test_lastfm import _write
+
   rng = np.random.default_rng(0)
   root = str(tmp_path / "tanp-lastfm")
   lines = []
@@ -192,9 +227,13 @@ def _groups_fixture(tmp_path):
   _write(f"{root}/ratings_final.txt", "".join(lines))
 
 
+@pytest.mark.slow
 def test_cooc_knn_width_is_chosen_on_validation_auc(tmp_path):
-  from metarec_jax.train import (SELECTION_GRIDS, Config, build_setup, make_predict_fn, predict_episodes, score,
-                                 with_dataset_defaults)
+  from metarec_jax.learners import get_spec
+  from metarec_jax.config import Config, with_dataset_defaults
+  from metarec_jax.setup import build_setup
+  from metarec_jax.evaluate import make_predict_fn, predict_episodes, score
+
   _groups_fixture(tmp_path)
   st = build_setup(with_dataset_defaults(Config(dataset="lastfm", data_dir=str(tmp_path), hidden=(8,), embed_dim=4)))
   assert COOC_FIELD in st.tables and COOC_SUPPORT_FIELD in [f.name for f in st.fields]
@@ -204,20 +243,24 @@ def test_cooc_knn_width_is_chosen_on_validation_auc(tmp_path):
     return b, b.init(None, st.example, st.ctx)
 
   aucs = []
-  for options in SELECTION_GRIDS["cooc_knn"]:
+  for options in get_spec("cooc_knn").grid:
     b, p = candidate(options)
     pred = predict_episodes(make_predict_fn(b), p, st.data["tables"], st.scen.val, 64)
     aucs.append(score(pred, st.scen.val, label=st.scen.label)["auc"])
-  best = st.select_on_validation("cooc_knn", candidate)
+  best = st.select("cooc_knn")
   assert max(aucs) > min(aucs) + 0.01, aucs
   assert best["val"] == pytest.approx(max(aucs))  # the highest validation AUC, not the lowest
-  assert best["options"] == SELECTION_GRIDS["cooc_knn"][int(np.argmax(aucs))]
+  assert best["options"] == get_spec("cooc_knn").grid[int(np.argmax(aucs))]
 
 
+@pytest.mark.slow
 def test_a_recommended_new_user_reads_the_full_fit(tmp_path):
   from metarec_jax.data.features import TRAIN_USER
   from metarec_jax.recommend import new_user_tables
-  from metarec_jax.train import Config, build_setup, featurize_episodes, with_dataset_defaults
+  from metarec_jax.config import Config, with_dataset_defaults
+  from metarec_jax.setup import build_setup
+  from metarec_jax.data.episodes import featurize_episodes
+
   _groups_fixture(tmp_path)
   st = build_setup(with_dataset_defaults(Config(dataset="lastfm", data_dir=str(tmp_path), hidden=(8,), embed_dim=4)))
   tables, user, _ = new_user_tables(st)
@@ -225,18 +268,29 @@ def test_a_recommended_new_user_reads_the_full_fit(tmp_path):
   assert not tables[TRAIN_USER][user] and tables[COOC_FOLD_OF_USER][user] == -1
   assert tables[COOC_FOLD_OF_USER][39] == 39 % 5  # (the last training user)
   items = jnp.array([[0, 5, 25]])
-  ep = {"user": jnp.array([user]), "support_item": items, "support_rating": jnp.ones((1, 3)),
-        "support_mask": jnp.ones((1, 3), bool), "query_item": jnp.array([[1, 2]]), "query_rating": jnp.zeros((1, 2)),
-        "query_mask": jnp.ones((1, 2), bool)}
+  ep = {
+    "user": jnp.array([user]),
+    "support_item": items,
+    "support_rating": jnp.ones((1, 3)),
+    "support_mask": jnp.ones((1, 3), bool),
+    "query_item": jnp.array([[1, 2]]),
+    "query_rating": jnp.zeros((1, 2)),
+    "query_mask": jnp.ones((1, 2), bool),
+  }
   x = featurize_episodes({k: jnp.asarray(v) for k, v in tables.items()}, ep)
   np.testing.assert_allclose(x.support.x[COOC_FIELD][0], st.tables[COOC_FIELD][[0, 5, 25]])
 
 
+@pytest.mark.slow
 def test_episodes_get_the_support_similarity_from_the_out_of_fold_support_fit(tmp_path):
-  from metarec_jax.train import Config, build_setup, featurize_episodes
+  from metarec_jax.config import Config
+  from metarec_jax.setup import build_setup
+  from metarec_jax.data.episodes import featurize_episodes
+
   _groups_fixture(tmp_path)
-  st = build_setup(Config(dataset="lastfm", data_dir=str(tmp_path), hidden=(8,), embed_dim=4, cooc_dim=3,
-                          cooc_support_dim=6))
+  st = build_setup(
+    Config(dataset="lastfm", data_dir=str(tmp_path), hidden=(8,), embed_dim=4, cooc_dim=3, cooc_support_dim=6)
+  )
   t = st.tables
   assert t[COOC_FIELD].shape == (60, 3) and t[COOC_SUPPORT_ROWS].shape == (60, 6)
   ep = {k: jnp.asarray(v[:2]) for k, v in st.scen.train.arrays().items()}  # training users
@@ -254,7 +308,9 @@ def test_episodes_get_the_support_similarity_from_the_out_of_fold_support_fit(tm
 def test_explicit_ratings_use_the_liked_pairs_and_the_content_regression_ignores_the_field():
   from metarec_jax.data.features import COOC_POSITIVE
   from metarec_jax.learners.foldin import item_design_matrix
-  from metarec_jax.train import Config, build_setup
+  from metarec_jax.config import Config
+  from metarec_jax.setup import build_setup
+
   base = dict(dataset="synthetic", synthetic_users=100, synthetic_items=120, hidden=(8,), embed_dim=4)
   plain = build_setup(Config(**base))
   st = build_setup(Config(**base, cooc_dim=4, cooc_support_dim=6, label_threshold=4.0))

@@ -46,7 +46,9 @@ def test_csv_parses_ids_features_and_times(tmp_path):
   np.testing.assert_array_equal(ds.item_release, [10, 11, 13])  # first rating time of each item
 
 
-@pytest.mark.parametrize("kw, message", [
+@pytest.mark.parametrize(
+  "kw, message",
+  [
     (dict(ratings="user,item\nu1,m1\n"), "ratings.csv:1: expected the header user,item,rating[,timestamp] (3 or 4"),
     (dict(ratings="usr,item,rating\nu1,m1,5\n"), "ratings.csv:1: the header's first column must be 'user', got 'usr'"),
     (dict(ratings="user,item,rating\nu1,m1,5\nu2;m1;4\n"), "ratings.csv:3: expected 3 fields separated by ','"),
@@ -61,7 +63,8 @@ def test_csv_parses_ids_features_and_times(tmp_path):
     (dict(items=ITEMS + "m1,Again,drama,1990\n"), "items.csv:5: item 'm1' repeats line 2"),
     (dict(users="user,gender,age,city\nu1,F,23,x\nu2,M,41,y\nu3,F,,z\n"), "users.csv:1: column 'city' has no type"),
     (dict(items=ITEMS.replace("1990", "nineteen")), "items.csv:2: field 'year' must be a number, got 'nineteen'"),
-])
+  ],
+)
 def test_bad_csv_files_name_file_line_and_field(tmp_path, kw, message):
   with pytest.raises(DataError) as err:
     load(write(tmp_path, **kw))
@@ -77,22 +80,37 @@ def test_rating_scale_and_duplicates(tmp_path, caplog):
   assert "1 duplicate (user, item) rows; kept the last of each" in caplog.text
 
 
+@pytest.mark.slow
 def test_csv_binary_end_to_end_and_one_line_errors(tmp_path):
   from metarec_jax.data import synthetic
+
   ds = synthetic.generate(n_users=90, n_items=100, min_ratings=15, max_ratings=30, seed=0)
-  lines = ["user,item,rating,timestamp"] + [f"user{u},item{i},{r:g},{t}" for u, i, r, t in
-                                            zip(ds.users, ds.items, ds.ratings, ds.timestamps)]
+  lines = ["user,item,rating,timestamp"] + [
+    f"user{u},item{i},{r:g},{t}" for u, i, r, t in zip(ds.users, ds.items, ds.ratings, ds.timestamps)
+  ]
   (tmp_path / "r.csv").write_text("\n".join(lines) + "\n")
   genre = ds.features["item/genre"]
   rows = ["item,genre"] + [f"item{i},{'|'.join(str(g) for g in genre[i] if g >= 0)}" for i in range(ds.n_items)]
   (tmp_path / "i.csv").write_text("\n".join(rows) + "\n")
-  common = ["--dataset=csv", f"--csv_ratings={tmp_path}/r.csv", f"--csv_item_features={tmp_path}/i.csv",
-            "--csv_columns=genre:multihot:|", "--max_ratings=30", "--epochs=1", "--meta_batch_size=8",
-            "--hidden=8", "--embed_dim=4", "--inner_steps=1", "--baselines=support_mean", "--nocheckpoints"]
+  common = [
+    "--dataset=csv",
+    f"--csv_ratings={tmp_path}/r.csv",
+    f"--csv_item_features={tmp_path}/i.csv",
+    "--csv_columns=genre:multihot:|",
+    "--max_ratings=30",
+    "--epochs=1",
+    "--meta_batch_size=8",
+    "--hidden=8",
+    "--embed_dim=4",
+    "--inner_steps=1",
+    "--baselines=support_mean",
+    "--nocheckpoints",
+  ]
   proc = run_binary("experiments.train", *common, f"--workdir={tmp_path}/run")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert os.path.isfile(tmp_path / "run" / "final_metrics.json")
   proc = run_binary("experiments.train", *common[:3], "--csv_columns=genre:multihot", f"--workdir={tmp_path}/bad")
   assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1] == ("error: --csv_columns entry 'genre:multihot': multihot needs a "
-                                                  "separator, e.g. genre:multihot:|")
+  assert proc.stderr.strip().splitlines()[-1] == (
+    "error: --csv_columns entry 'genre:multihot': multihot needs a separator, e.g. genre:multihot:|"
+  )

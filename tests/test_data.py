@@ -8,9 +8,11 @@ from metarec_jax.data import movielens, synthetic
 from metarec_jax.data.features import ITEM_ID_FIELD, feature_tables, featurize
 
 USERS = "1|24|M|technician|85711\n2|53|F|other|94043\n3|17|M|writer|T8H1N\n"
-ITEMS_LATIN1 = ("10|Toy Story (1995)|01-Jan-1995||http://x|0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
-                "20|Mis\xe9rables, Les (1995)|01-Jan-1995||http://x|0|0|0|0|0|0|0|0|1|0|0|0|0|0|0|0|0|0|0\n"
-                "30|Unknown movie|||http://x|1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n")
+ITEMS_LATIN1 = (
+  "10|Toy Story (1995)|01-Jan-1995||http://x|0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
+  "20|Mis\xe9rables, Les (1995)|01-Jan-1995||http://x|0|0|0|0|0|0|0|0|1|0|0|0|0|0|0|0|0|0|0\n"
+  "30|Unknown movie|||http://x|1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
+)
 DATA = "1\t10\t5\t881250949\n2\t20\t3\t881250950\n3\t30\t1\t881250951\n1\t20\t4\t881250952\n"
 
 
@@ -47,14 +49,17 @@ def test_ml100k_parses_fixture(tmp_path):
   assert ds.features["item/year"][0] == movielens.year_bucket(np.array([1995.0]))[0] != 0
 
 
-@pytest.mark.parametrize("data,match", [
+@pytest.mark.parametrize(
+  "data,match",
+  [
     ("1 10 5 881250949\n", r"u.data:1: expected 4 fields separated by '\\t', found 1"),
     ("1\t10\tfive\t881250949\n", r"u.data:1: field 'rating' must be a number, got 'five'"),
     ("1\t10\t5\t1\n1\t10\t7\t2\n", r"u.data:2: field 'rating' must be in \[1, 5\], got '7'"),
     ("9\t10\t5\t1\n", r"u.data:1: user id 9 is not in .*u.user"),
     ("1\t99\t5\t1\n", r"u.data:1: item id 99 is not in .*u.item"),
     ("", r"u.data: file is empty"),
-])
+  ],
+)
 def test_ml100k_bad_rows_name_file_line_and_field(tmp_path, data, match):
   with pytest.raises(DataError, match=match):
     movielens.load_ml100k(write_ml100k(tmp_path, data=data))
@@ -119,6 +124,7 @@ def test_feature_tables_unknown_items_share_id_zero():
   np.testing.assert_array_equal(np.asarray(x["item/genre"][1, 2]), ds.features["item/genre"][7])
 
 
+@pytest.mark.slow
 def test_shared_ml100k_row_counts(shared_data_dir):
   ds = movielens.load_ml100k(shared_data_dir)
   assert (ds.n_users, ds.n_items, ds.n_ratings) == (943, 1682, 100000)

@@ -14,7 +14,7 @@ from metarec_jax.data.features import POPULARITY_FIELD, POSITIVE_COUNTS, TRAIN_U
 from metarec_jax.data.lastfm import fresh_episodes, load_hetrec_lastfm, load_tanp_lastfm
 from metarec_jax.data.tasks import TaskConfig, build_scenarios
 from metarec_jax.labels import LabelSpec
-from metarec_jax.train import score
+from metarec_jax.evaluate import score
 
 
 def _write(path, text):
@@ -25,8 +25,7 @@ def _write(path, text):
 
 def _tanp_fixture(root, *, ratings=None, episodes=None):
   """Users 0-3, items 0-5. Episodes: training users 0, 1; validation 2; testing 3."""
-  rows = ratings if ratings is not None else [
-      (u, i, int((u + i) % 2 == 0)) for u in range(4) for i in range(6)]
+  rows = ratings if ratings is not None else [(u, i, int((u + i) % 2 == 0)) for u in range(4) for i in range(6)]
   _write(os.path.join(root, "tanp-lastfm", "ratings_final.txt"), "".join(f"{u}\t{i}\t{y}\n" for u, i, y in rows))
   eps = episodes or {"training": [0, 1], "validation": [2], "testing": [3]}
   for split, users in eps.items():
@@ -53,11 +52,14 @@ def test_tanp_episodes_are_read_with_their_labels(tmp_path):
   assert len(scen.train_ratings[0]) == 12  # both training users' support and query pairs
 
 
-@pytest.mark.parametrize("mutate, message", [
+@pytest.mark.parametrize(
+  "mutate, message",
+  [
     (lambda rows: rows[:3] + [(0, 1, 2)] + rows[4:], r"ratings_final.txt:4: field 'label' must be 0 or 1, got 2"),
     (lambda rows: rows + [(0, 0, 0)], r"ratings_final.txt:25: pair \(user 0, item 0\) has conflicting labels"),
     (lambda rows: [r for r in rows if r[:2] != (3, 5)], r"query_x_0_u_m_ids.txt:2: pair \(user 3, item 5\) is not in"),
-])
+  ],
+)
 def test_tanp_bad_rows_name_file_and_line(tmp_path, mutate, message):
   rows = [(u, i, int((u + i) % 2 == 0)) for u in range(4) for i in range(6)]
   _tanp_fixture(str(tmp_path), ratings=mutate(rows))
@@ -104,8 +106,10 @@ def test_fresh_protocol_filters_splits_and_cuts_support_20():
 def test_hetrec_positives_and_sampled_negatives(tmp_path):
   lines = ["userID\tartistID\tweight"] + [f"{u}\t{a}\t{10 * a + 1}" for u in (2, 7) for a in range(100 + u, 135 + u)]
   _write(os.path.join(tmp_path, "hetrec2011-lastfm-2k", "user_artists.dat"), "\r\n".join(lines) + "\r\n")
-  _write(os.path.join(tmp_path, "hetrec2011-lastfm-2k", "artists.dat"),
-         "id\tname\turl\tpictureURL\n" + "".join(f"{a}\tArtist {a}\tu\tp\n" for a in range(100, 142)))
+  _write(
+    os.path.join(tmp_path, "hetrec2011-lastfm-2k", "artists.dat"),
+    "id\tname\turl\tpictureURL\n" + "".join(f"{a}\tArtist {a}\tu\tp\n" for a in range(100, 142)),
+  )
   ds = load_hetrec_lastfm(str(tmp_path), seed=1)
   assert ds.implicit and ds.n_users == 2 and ds.n_items == 40  # artists 102..141
   assert ds.item_titles[0] == "Artist 102"
@@ -138,6 +142,7 @@ def test_popularity_feature_leaves_a_training_users_own_label_out(tmp_path):
   np.testing.assert_array_equal(x[POPULARITY_FIELD], [[0, 2], [2, 2]])
 
 
+@pytest.mark.slow
 def test_shared_tanp_lastfm_counts_and_popularity_baseline(shared_data_dir):
   ds = load_dataset("lastfm", data_dir=shared_data_dir)
   assert ds.n_ratings == 42346 and int(ds.ratings.sum()) == 21173 and (ds.n_users, ds.n_items) == (1872, 3846)
@@ -156,6 +161,7 @@ def test_shared_tanp_lastfm_counts_and_popularity_baseline(shared_data_dir):
   assert all(30 <= len(t[1]) + len(t[3]) <= 200 and len(t[1]) == 20 for v in fresh.values() for t in v)
 
 
+@pytest.mark.slow
 def test_shared_hetrec_counts(shared_data_dir):
   ds = load_dataset("hetrec-lastfm", data_dir=shared_data_dir)
   assert int(ds.ratings.sum()) == 92834 and (ds.n_users, ds.n_items) == (1892, 17632)
@@ -163,30 +169,52 @@ def test_shared_hetrec_counts(shared_data_dir):
   assert sum(len(v) for v in ds.fixed_episodes.values()) > 1000
 
 
+@pytest.mark.slow
 def test_train_binary_on_lastfm_fixture_end_to_end(tmp_path):
   rows = [(u, i, int((u * 7 + i) % 3 == 0)) for u in range(40) for i in range(40)]
   eps = {"training": list(range(0, 30)), "validation": list(range(30, 34)), "testing": list(range(34, 40))}
   _tanp_fixture(str(tmp_path), ratings=rows, episodes=eps)
   out = tmp_path / "run"
-  proc = run_binary("experiments.train", "--dataset=lastfm", f"--data_dir={tmp_path}", "--epochs=2",
-                    "--baselines=popularity", "--ndcg_ks=1,2", "--embed_dim=4", "--hidden=8", f"--workdir={out}")
+  proc = run_binary(
+    "experiments.train",
+    "--dataset=lastfm",
+    f"--data_dir={tmp_path}",
+    "--epochs=2",
+    "--baselines=popularity",
+    "--ndcg_ks=1,2",
+    "--embed_dim=4",
+    "--hidden=8",
+    f"--workdir={out}",
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   final = json.load(open(out / "final_metrics.json"))
   assert {"auc", "logloss", "precision@2", "ndcg@2"} <= set(final["results"]["maml"]["user_cold"])
   # Batch top-K: with binary labels the positive query items are the relevant ones.
-  proc = run_binary("experiments.recommend", f"--workdir={out}", f"--data_dir={tmp_path}",
-                    "--batch_scenario=user_cold", "--top_k=3", f"--out={tmp_path}/batch.json")
+  proc = run_binary(
+    "experiments.recommend",
+    f"--workdir={out}",
+    f"--data_dir={tmp_path}",
+    "--batch_scenario=user_cold",
+    "--top_k=3",
+    f"--out={tmp_path}/batch.json",
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   batch = json.load(open(tmp_path / "batch.json"))
   positives = sum(int(t[4].sum()) > 0 for t in load_tanp_lastfm(str(tmp_path)).fixed_episodes["user_cold"])
   assert batch["metrics"]["n_users"] == positives > 0
-  proc = run_binary("experiments.train", "--dataset=lastfm", f"--data_dir={tmp_path}", "--label=rating",
-                    f"--workdir={tmp_path / 'rating'}")
+  proc = run_binary(
+    "experiments.train",
+    "--dataset=lastfm",
+    f"--data_dir={tmp_path}",
+    "--label=rating",
+    f"--workdir={tmp_path / 'rating'}",
+  )
   assert proc.returncode == 2 and "error: --label=rating does not apply to lastfm" in proc.stderr
 
 
 def test_dataset_defaults_fill_only_the_flags_not_given():
-  from metarec_jax.train import Config, with_dataset_defaults
+  from metarec_jax.config import Config, with_dataset_defaults
+
   c = with_dataset_defaults(Config(dataset="lastfm"))
   assert c.ndcg_ks == (5, 7, 10) and c.item_id_feature is False and (c.cooc_dim, c.cooc_support_dim) == (8, 16)
   assert with_dataset_defaults(Config(dataset="lastfm", cooc_dim=0), explicit=["cooc_dim"]).cooc_dim == 0

@@ -27,13 +27,15 @@ def test_metasgd_inner_rates_start_at_inner_lr_and_get_gradients(setup):
   assert all(("params", "embed") != p[:2] for p in lrs)  # head adaptation: no embedding rates
   assert all(np.allclose(v, 0.1) for v in lrs.values())
   # At the initial rates Meta-SGD is exactly MAML.
-  np.testing.assert_allclose(msgd.meta_loss(params, ep, None)[0],
-                             maml.meta_loss({"model": params["model"]}, ep, None)[0], rtol=1e-6)
+  np.testing.assert_allclose(
+    msgd.meta_loss(params, ep, None)[0], maml.meta_loss({"model": params["model"]}, ep, None)[0], rtol=1e-6
+  )
   g = jax.jit(jax.grad(lambda p: msgd.meta_loss(p, ep, None)[0]))(params)
   for path, leaf in traverse_util.flatten_dict(g["inner_lr"]).items():
     assert np.abs(np.asarray(leaf)).sum() > 0, path
 
 
+@pytest.mark.slow
 def test_metasgd_all_adaptation_uses_per_entry_rates_of_gathered_rows(setup):
   """One Meta-SGD step with random per-entry rates equals theta - lr * grad on the full params."""
   _, scen, model, ctx, tables = setup
@@ -54,6 +56,7 @@ def test_metasgd_all_adaptation_uses_per_entry_rates_of_gathered_rows(setup):
   assert (rows[np.setdiff1d(np.arange(len(rows)), used)] == 0).all()
 
 
+@pytest.mark.slow
 def test_reptile_direction_on_a_quadratic():
   """Only the output layer adapts, so the task loss is quadratic in it: L = 1/2 d^T H d + g0^T d.
   Two SGD steps with rate a give theta - theta' = a (2I - a H) g0."""
@@ -131,6 +134,7 @@ def test_als_foldin_solves_the_ridge_problem(setup):
 
 def test_content_ridge_in_the_dual_equals_the_primal_ridge(setup):
   from metarec_jax.learners.foldin import content_ridge_predict, item_design_matrix, ridge
+
   _, _, _, ctx, _ = setup
   ctx = ctx.__class__(**{**ctx.__dict__, "tables": {k: np.asarray(v) for k, v in ctx.tables.items()}})
   X = item_design_matrix(ctx)
@@ -139,8 +143,9 @@ def test_content_ridge_in_the_dual_equals_the_primal_ridge(setup):
   Y = np.random.default_rng(0).standard_normal((known.sum(), 3))
   for dual in (True, False):
     for reg in (0.5, 10.0):
-      np.testing.assert_allclose(content_ridge_predict(ctx, known, Y, reg, dual=dual), X @ ridge(X[known], Y, reg),
-                                 rtol=1e-8, atol=1e-10)
+      np.testing.assert_allclose(
+        content_ridge_predict(ctx, known, Y, reg, dual=dual), X @ ridge(X[known], Y, reg), rtol=1e-8, atol=1e-10
+      )
 
 
 def test_popularity_counts_positives_for_binary_labels_and_ratings_otherwise(setup):
@@ -148,8 +153,16 @@ def test_popularity_counts_positives_for_binary_labels_and_ratings_otherwise(set
   items = np.array([0, 0, 1, 2, 2, 2])
   labels = np.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0], np.float32)
   for binary, want in ((True, [2, 0, 1]), (False, [2, 1, 3])):
-    c = ctx.__class__(**{**ctx.__dict__, "train_items": items, "train_ratings": labels, "train_users": items * 0,
-                         "binary_labels": binary, "memo": {}})
+    c = ctx.__class__(
+      **{
+        **ctx.__dict__,
+        "train_items": items,
+        "train_ratings": labels,
+        "train_users": items * 0,
+        "binary_labels": binary,
+        "memo": {},
+      }
+    )
     params = create_learner("popularity").init(None, None, c)
     pop = np.asarray(params["popularity"])[:3]
     np.testing.assert_allclose(pop, np.array(want) / max(want))

@@ -10,25 +10,39 @@ import pytest
 from metarec_jax.data import DataError
 from metarec_jax.data.melu_ml1m import load_melu_ml1m
 from metarec_jax.data.tasks import build_scenarios
-from metarec_jax.train import Config
+from metarec_jax.config import Config
 
-VOCAB = {"gender": "M\r\nF", "age": "1\r\n18\r\n25\r\n", "occupation": "0\r\n1\r\n", "zipcode": "11111\r\n22222\r\n",
-         "rate": "PG\r\nR\r\n", "genre": "Drama\r\nComedy\r\n", "director": "Ann Lee\r\nBo Kim\r\n",
-         "actor": "Cy Doe\r\nDi Fox\r\n"}
+
+VOCAB = {
+  "gender": "M\r\nF",
+  "age": "1\r\n18\r\n25\r\n",
+  "occupation": "0\r\n1\r\n",
+  "zipcode": "11111\r\n22222\r\n",
+  "rate": "PG\r\nR\r\n",
+  "genre": "Drama\r\nComedy\r\n",
+  "director": "Ann Lee\r\nBo Kim\r\n",
+  "actor": "Cy Doe\r\nDi Fox\r\n",
+}
 USERS = "1::F::1::0::11111\n2::M::18::1::22222-1234\n3::M::25::0::11111\n"
-MOVIES = "".join(f"{m}::Film {m}::199{k}::{rate}::1 Jan 199{k}::{genre}::Ann Lee::W::Cy Doe, Di Fox::plot::x\r\n"
-                 for k, (m, rate, genre) in enumerate([(10, "PG", "Drama"), (20, "R", "Drama, Comedy"),
-                                                      (30, "N/A", "Comedy"), (40, "PG", "Drama")]))
+MOVIES = "".join(
+  f"{m}::Film {m}::199{k}::{rate}::1 Jan 199{k}::{genre}::Ann Lee::W::Cy Doe, Di Fox::plot::x\r\n"
+  for k, (m, rate, genre) in enumerate(
+    [(10, "PG", "Drama"), (20, "R", "Drama, Comedy"), (30, "N/A", "Comedy"), (40, "PG", "Drama")]
+  )
+)
 # Rated movies 10, 20, 40 (30 unrated) -> rda items 1, 2, 3 (rank among rated MovieIDs).
 RDA = [(1, 1, 5), (1, 2, 3), (2, 1, 4), (2, 3, 2), (3, 1, 1), (3, 2, 4), (3, 3, 5)]
-STATES = {"user_cold_state": ({"3": ["10", "20"]}, {"3": [1, 4]}),
-          "item_cold_state": ({"1": [], "2": ["40"]}, {"1": [], "2": [2]}),
-          "user_and_item_cold_state": ({"3": ["40"]}, {"3": [5]})}
+STATES = {
+  "user_cold_state": ({"3": ["10", "20"]}, {"3": [1, 4]}),
+  "item_cold_state": ({"1": [], "2": ["40"]}, {"1": [], "2": [2]}),
+  "user_and_item_cold_state": ({"3": ["40"]}, {"3": [5]}),
+}
 WARM_Y = {"1": [5, 3], "2": [4]}
 
 
 def write_melu(root, *, users=USERS, movies=MOVIES, rda=RDA, states=STATES, columns=("user", "item", "rating")):
   import rdata
+
   m = os.path.join(root, "melu-ml-1m")
   os.makedirs(m, exist_ok=True)
   for k, v in VOCAB.items():
@@ -68,14 +82,19 @@ def test_fixture_maps_items_features_and_the_state_split(tmp_path):
   assert rep["user_cold_state"]["pairs_matched"] == 2 and rep["warm_state"]["users_matched"] == 2
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(users=USERS.replace("11111\n2", "99999\n2")), "users.dat:1: field 'zipcode' value '99999' is not in m_zipcode.txt"),
+@pytest.mark.parametrize(
+  "kw, message",
+  [
+    (
+      dict(users=USERS.replace("11111\n2", "99999\n2")),
+      "users.dat:1: field 'zipcode' value '99999' is not in m_zipcode.txt",
+    ),
     (dict(movies=MOVIES.replace("::plot::x", "")), "movies_extrainfos.dat:1: expected 11 fields separated by '::'"),
     (dict(rda=[(1, 1, 9)]), "ratings.rda: row 1 of 'ratings' has user 1, item 1, rating 9"),
     (dict(columns=("user", "movie", "rating")), "the 'ratings' table lacks column(s) item"),
-    (dict(states={**STATES, "user_cold_state": ({"3": ["10"]}, {"3": [1, 4]})}),
-     "user 3 has 1 movies but 2 ratings"),
-])
+    (dict(states={**STATES, "user_cold_state": ({"3": ["10"]}, {"3": [1, 4]})}), "user 3 has 1 movies but 2 ratings"),
+  ],
+)
 def test_fixture_errors_name_the_file_and_field(tmp_path, kw, message):
   with pytest.raises(DataError) as err:
     load_melu_ml1m(write_melu(tmp_path, **kw))
@@ -87,6 +106,7 @@ def test_missing_folders_say_where_the_data_comes_from(tmp_path):
     load_melu_ml1m(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_shared_ml1m_counts_and_the_melu_task_counts(shared_data_dir):
   ds = load_melu_ml1m(shared_data_dir)
   assert (ds.n_users, ds.n_ratings) == (6040, 1000209)
@@ -99,7 +119,9 @@ def test_shared_ml1m_counts_and_the_melu_task_counts(shared_data_dir):
   scen = build_scenarios(ds, Config(dataset="ml-1m").task_config(), seed=0)
   # MeLU's 13-100 filter on its own state files gives these user counts; ours equal them.
   counts = {s: len(scen.test[s]) for s in ("user_cold", "item_cold", "user_item_cold")}
-  assert counts == {"user_cold": rep["user_cold_state"]["users_with_13_to_100"],
-                    "item_cold": rep["item_cold_state"]["users_with_13_to_100"],
-                    "user_item_cold": rep["user_and_item_cold_state"]["users_with_13_to_100"]}
+  assert counts == {
+    "user_cold": rep["user_cold_state"]["users_with_13_to_100"],
+    "item_cold": rep["item_cold_state"]["users_with_13_to_100"],
+    "user_item_cold": rep["user_and_item_cold_state"]["users_with_13_to_100"],
+  }
   assert counts == {"user_cold": 668, "item_cold": 2863, "user_item_cold": 723}

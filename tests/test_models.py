@@ -38,7 +38,8 @@ def test_linear_part_adds_per_id_biases():
   assert table.shape == (2, 4) and (table[:, -1] == 0).all()  # bias column starts at zero
   base = model.apply(params, _x())
   bumped = jax.tree_util.tree_map_with_path(
-      lambda path, v: v.at[1, -1].add(0.7) if "user_gender" in str(path) else v, params)
+    lambda path, v: v.at[1, -1].add(0.7) if "user_gender" in str(path) else v, params
+  )
   np.testing.assert_allclose(model.apply(bumped, _x()) - base, [0.0, 0.7, 0.7], atol=1e-6)
 
 
@@ -65,10 +66,12 @@ def test_cf_is_a_dot_product_plus_biases():
   delta = model.apply(moved, x) - base
   # recover q_i: with p_0 = e_k and no user features or biases, r - mu = q_ik
   zero_user = jax.tree_util.tree_map_with_path(
-      lambda path, v: jnp.zeros_like(v) if ("user_proj" in str(path) or "'b'" in str(path) or "'p'" in str(path))
-      else v, params)
+    lambda path, v: jnp.zeros_like(v) if ("user_proj" in str(path) or "'b'" in str(path) or "'p'" in str(path)) else v,
+    params,
+  )
   nobias = jax.tree_util.tree_map_with_path(
-      lambda path, v: v.at[:, -1].set(0.0) if "'embed'" in str(path) else v, zero_user)
+    lambda path, v: v.at[:, -1].set(0.0) if "'embed'" in str(path) else v, zero_user
+  )
   qs = []
   for k in range(4):
     e = jax.tree_util.tree_map_with_path(lambda path, v: v.at[k].set(1.0) if "'p'" in str(path) else v, nobias)
@@ -88,8 +91,9 @@ def test_hybrid_mixes_cf_and_content_with_alpha():
   shared = {k: params1["params"][k] for k in cf_params["params"]}
   np.testing.assert_allclose(cf_only.apply(params1, x), cf.apply({"params": shared}, x), rtol=1e-6)
   half, _ = _factor("hybrid", alpha=0.5)
-  np.testing.assert_allclose(half.apply(params1, x),
-                             0.5 * cf_only.apply(params1, x) + 0.5 * content_only.apply(params1, x), rtol=1e-5)
+  np.testing.assert_allclose(
+    half.apply(params1, x), 0.5 * cf_only.apply(params1, x) + 0.5 * content_only.apply(params1, x), rtol=1e-5
+  )
   learned, lp = _factor("hybrid")
   assert float(jax.nn.sigmoid(lp["params"]["mix"]["logit"])) == pytest.approx(0.5)
   assert learned.head_scopes == ("user", "hidden_0", "out")
@@ -99,6 +103,7 @@ def test_hybrid_mixes_cf_and_content_with_alpha():
 def test_head_adaptation_of_cf_is_the_user_vector_only():
   from flax import traverse_util
   from metarec_jax.learners.maml import adapt_mask
+
   model, params = _factor("cf")
   mask = traverse_util.flatten_dict(adapt_mask(params, "head", model.head_scopes))
   assert sorted(p for p, m in mask.items() if m) == [("params", "user", "b"), ("params", "user", "p")]

@@ -3,15 +3,16 @@ transfer inside the step loop, one compile, clear errors for bad device counts."
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from helpers import episode_batch, tiny_setup
+from helpers import episode_batch, fast_first, tiny_setup
 from metarec_jax import runtime
 from metarec_jax.learners import create_learner
-from metarec_jax.train import create_train_state, device_data, make_epoch_order, make_train_step, run_epoch
+from metarec_jax.training.state import create_train_state
+from metarec_jax.data.episodes import device_data
+from metarec_jax.training.step import make_epoch_order, make_train_step, run_epoch
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,9 @@ def _train(setup, name, mesh, steps=6, adapt="head", batch=8, task_chunk=0):
   data = runtime.replicate(device_data(scen.train, tables), mesh)
   state = runtime.replicate(create_train_state(jax.random.key(1), params, optax.adam(1e-2)), mesh)
   traces = []
-  step = make_train_step(learner, id_dropout=0.1, redraw=True, mesh=mesh, task_chunk=task_chunk,
-                         on_trace=lambda: traces.append(1))
+  step = make_train_step(
+    learner, id_dropout=0.1, redraw=True, mesh=mesh, task_chunk=task_chunk, on_trace=lambda: traces.append(1)
+  )
   key, order = make_epoch_order(len(scen.train), batch, mesh)(runtime.replicate(jax.random.key(2), mesh))
   losses = []
   for _ in range(steps):
@@ -36,7 +38,7 @@ def _train(setup, name, mesh, steps=6, adapt="head", batch=8, task_chunk=0):
   return state, np.array(losses), traces
 
 
-@pytest.mark.parametrize("name,adapt", [("maml", "head"), ("maml", "all"), ("neural_process", "head")])
+@pytest.mark.parametrize("name,adapt", fast_first([("maml", "head"), ("maml", "all"), ("neural_process", "head")]))
 def test_sharded_over_four_devices_equals_one_device(setup, name, adapt):
   assert len(jax.devices()) >= 4, "conftest asks XLA for 4 host devices"
   mesh = runtime.task_mesh(4)
@@ -53,7 +55,7 @@ def test_sharded_over_four_devices_equals_one_device(setup, name, adapt):
   assert losses_one[0] != losses_one[-1]
 
 
-@pytest.mark.parametrize("name,devices", [("maml", 1), ("maml", 4), ("prototype", 1)])
+@pytest.mark.parametrize("name,devices", fast_first([("maml", 1), ("maml", 4), ("prototype", 1)]))
 def test_task_chunks_give_the_same_update_as_one_vmap(setup, name, devices):
   mesh = runtime.task_mesh(devices)
   whole, losses_whole, _ = _train(setup, name, mesh, steps=4)
@@ -98,6 +100,32 @@ def test_step_loop_makes_no_host_to_device_transfer(setup):
   # The guard is live: an implicit host->device copy inside it is refused.
   with jax.transfer_guard("disallow"), pytest.raises(Exception, match="host-to-device"):
     step(state, data, np.asarray(order))
+
+
+def test_the_fit_loop_steps_through_run_epoch_with_no_host_to_device_transfer(setup, monkeypatch):
+  from helpers import fit_on
+  from metarec_jax.config import Config
+  from metarec_jax.training import loop
+
+  _, scen, model, ctx, tables = setup
+  learner = create_learner("maml", model, inner_lr=0.1, inner_steps=1)
+  params = learner.init(jax.random.key(0), episode_batch(tables, scen.train, 1), ctx)
+  calls = []
+
+  def guarded(step_fn, state, data, order, start=0, stop=None):
+    if calls:  # the first call compiles the step
+      with jax.transfer_guard_host_to_device("disallow"):
+        out = run_epoch(step_fn, state, data, order, start, stop)
+    else:
+      out = run_epoch(step_fn, state, data, order, start, stop)
+    calls.append((start, stop))
+    return out
+
+  monkeypatch.setattr(loop, "run_epoch", guarded)
+  config = Config(epochs=3, patience=3, meta_batch_size=8, eval_chunk=16)
+  _, info = fit_on(learner, params, device_data(scen.train, tables), scen, config)
+  n_batches = -(-len(scen.train) // 8)
+  assert calls == [(0, n_batches)] * 3 and info["steps"] == 3 * n_batches
 
 
 def test_epoch_order_is_a_permutation_with_wraparound():

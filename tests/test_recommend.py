@@ -1,7 +1,6 @@
 """The recommendation module: top-K for a new user, batch ranking metrics, input errors."""
 
 import json
-import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +9,16 @@ import pytest
 from conftest import run_binary
 from metarec_jax import metrics
 from metarec_jax.data import DataError
-from metarec_jax.recommend import (RecommendError, batch_recommend, load_trained, parse_ratings, read_ratings_file,
-                                   recommend_for_new_user)
+from metarec_jax.recommend import (
+  RecommendError,
+  batch_recommend,
+  load_trained,
+  parse_ratings,
+  read_ratings_file,
+  recommend_for_new_user,
+)
+
+pytestmark = pytest.mark.slow  # end-to-end runs (binaries or train_and_evaluate) and real data
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +27,17 @@ def trained(tiny_trained_run):
 
 
 def test_topk_metrics_by_hand():
-  scores = jnp.array([[0.9, 0.8, 0.7, 0.6, 0.5],
-                      [0.1, 0.2, 0.3, 0.4, 0.5],
-                      [0.5, 0.4, 0.3, 0.2, 0.1]])
-  relevant = jnp.array([[False, True, False, False, True],
-                        [True, False, False, False, False],
-                        [False, False, False, False, False]])  # user 3 has nothing relevant: left out
-  valid = jnp.array([[False, True, True, True, True],  # item 0 is a support item: excluded
-                     [True, True, True, True, True],
-                     [True, True, True, True, True]])
+  scores = jnp.array([[0.9, 0.8, 0.7, 0.6, 0.5], [0.1, 0.2, 0.3, 0.4, 0.5], [0.5, 0.4, 0.3, 0.2, 0.1]])
+  relevant = jnp.array(
+    [[False, True, False, False, True], [True, False, False, False, False], [False, False, False, False, False]]
+  )  # user 3 has nothing relevant: left out
+  valid = jnp.array(
+    [
+      [False, True, True, True, True],  # item 0 is a support item: excluded
+      [True, True, True, True, True],
+      [True, True, True, True, True],
+    ]
+  )
   m = metrics.topk_metrics(scores, relevant, valid, 2)
   # user 1 ranks items 1, 2 (hit, miss); user 2 ranks items 4, 3 (miss, miss)
   assert int(m["n_users"]) == 2
@@ -40,8 +49,9 @@ def test_topk_metrics_by_hand():
 
 
 def test_recommend_text_output(trained, capsys):
-  from experiments.recommend import _print_table
-  _print_table(recommend_for_new_user(trained, parse_ratings("1:5,2:4,3:1", trained.setup.ds), top_k=4))
+  from metarec_jax.recommend import format_table
+
+  print(format_table(recommend_for_new_user(trained, parse_ratings("1:5,2:4,3:1", trained.setup.ds), top_k=4)))
   out = capsys.readouterr().out.splitlines()
   assert out[0] == f"synthetic, learner maml (checkpoint step {trained.checkpoint_step}); adapted to 3 ratings:"
   assert out[4] == "top 4 of 117 unrated items:" and len(out) == 10 and "Synthetic item" in out[-1]
@@ -73,14 +83,17 @@ def test_ratings_of_new_items_are_used_through_their_features(trained):
   assert [r["score"] for r in with_new["top_k"]] != [r["score"] for r in base["top_k"]]
 
 
-@pytest.mark.parametrize("spec, message", [
+@pytest.mark.parametrize(
+  "spec, message",
+  [
     ("", "--ratings is empty"),
     ("1:5,99999:4", "item id '99999' is not an item of synthetic"),
     ("1:5,2:9", "rating 9 is outside the rating scale [1, 5]"),
     ("1:5,2:0", "rating 0 is outside the rating scale [1, 5]"),
     ("1-5", "expected item_id:rating"),
     ("1:great", "rating 'great' is not a number"),
-])
+  ],
+)
 def test_bad_ratings_get_clear_errors(trained, spec, message):
   with pytest.raises(RecommendError) as err:
     parse_ratings(spec, trained.setup.ds)
@@ -117,17 +130,29 @@ def test_batch_mode_excludes_support_items_and_scores_the_catalogue(trained):
 def test_recommend_binary_text_json_and_errors(tmp_path, tiny_trained_run):
   ratings = tmp_path / "r.csv"
   ratings.write_text("item_id,rating\n1,5\n2,4\n3,1\n")
-  proc = run_binary("experiments.recommend", f"--workdir={tiny_trained_run}", f"--ratings_file={ratings}",
-                    "--top_k=4", "--json")
+  proc = run_binary(
+    "experiments.recommend", f"--workdir={tiny_trained_run}", f"--ratings_file={ratings}", "--top_k=4", "--json"
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   res = json.loads(proc.stdout)
   assert len(res["top_k"]) == 4 and res["learner"] == "maml" and res["checkpoint_step"] is not None
-  proc = run_binary("experiments.recommend", f"--workdir={tiny_trained_run}", "--batch_scenario=warm", "--top_k=3",
-                    f"--out={tmp_path}/warm.json")
+  proc = run_binary(
+    "experiments.recommend",
+    f"--workdir={tiny_trained_run}",
+    "--batch_scenario=warm",
+    "--top_k=3",
+    f"--out={tmp_path}/warm.json",
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "P@3" in proc.stdout and "popularity ranking on the same candidates" in proc.stdout and len(json.load(open(tmp_path / "warm.json"))["lists"]) > 0
-  for args, message in [(["--ratings=1:5,2:7"], "error: --ratings pair 2: rating 7 is outside the rating scale [1, 5]"),
-                        ([], "error: give exactly one of --ratings and --ratings_file (or --batch_scenario)")]:
+  assert (
+    "P@3" in proc.stdout
+    and "popularity ranking on the same candidates" in proc.stdout
+    and len(json.load(open(tmp_path / "warm.json"))["lists"]) > 0
+  )
+  for args, message in [
+    (["--ratings=1:5,2:7"], "error: --ratings pair 2: rating 7 is outside the rating scale [1, 5]"),
+    ([], "error: give exactly one of --ratings and --ratings_file (or --batch_scenario)"),
+  ]:
     proc = run_binary("experiments.recommend", f"--workdir={tiny_trained_run}", *args)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == message, proc.stderr[-500:]
   proc = run_binary("experiments.recommend", f"--workdir={tmp_path}/nothing", "--ratings=1:5")

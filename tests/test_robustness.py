@@ -3,7 +3,9 @@
 import pytest
 
 from conftest import run_binary
-from test_data import DATA, ITEMS_LATIN1, USERS, write_ml100k
+from test_data import DATA, USERS, write_ml100k
+
+pytestmark = pytest.mark.slow  # end-to-end runs (binaries or train_and_evaluate) and real data
 
 TRAIN = ["--dataset=ml-100k", "--epochs=1", "--baselines=", "--hidden=8", "--embed_dim=4"]
 
@@ -13,7 +15,9 @@ def _last_line(proc):
   return lines[-1] if lines else ""
 
 
-@pytest.mark.parametrize("files, message", [
+@pytest.mark.parametrize(
+  "files, message",
+  [
     ({"data": DATA.replace("\t", ",")}, "u.data:1: expected 4 fields separated by '\\t', found 1"),
     ({"users": USERS.replace("|85711", "")}, "u.user:1: expected 5 fields separated by '|', found 4"),
     ({"data": "1\t10\tfive\t881250949\n"}, "u.data:1: field 'rating' must be a number, got 'five'"),
@@ -23,7 +27,8 @@ def _last_line(proc):
     ({"data": DATA + "7\t10\t4\t1\n"}, "u.data:5: user id 7 is not in"),
     ({"data": DATA + "1\t40\t4\t1\n"}, "u.data:5: item id 40 is not in"),
     ({"users": USERS + "3|30|X|writer|11111\n"}, "u.user:4: field 'gender' must be M or F, got 'X'"),
-])
+  ],
+)
 def test_bad_ml100k_files_exit_2_with_one_line(tmp_path, files, message):
   root = write_ml100k(tmp_path, **files)
   proc = run_binary("experiments.train", *TRAIN, f"--data_dir={root}", f"--workdir={tmp_path}/run")
@@ -46,17 +51,20 @@ def test_duplicate_rows_keep_the_last_and_are_counted_in_the_log(tmp_path):
   assert proc.returncode == 2 and "no meta-training tasks survive" in _last_line(proc)
 
 
-@pytest.mark.parametrize("flags, message", [
+@pytest.mark.parametrize(
+  "flags, message",
+  [
     (["--outer_lr=-0.1"], "outer_lr must be > 0, got -0.1"),
     (["--inner_lr=-1"], "inner_lr must be >= 0, got -1.0"),
     (["--epochs=0"], "epochs must be >= 1, got 0"),
     (["--meta_batch_size=0"], "meta_batch_size must be > 0, got 0"),
     (["--query_size=3"], "nDCG cut-offs (1, 3, 5) must not exceed the query size 3"),
-    (["--learner=mamal"], "flag --learner=mamal: value should be one of <maml|fomaml|metasgd"),
+    (["--learner=mamal"], "Unsupported learner: 'mamal'; choose one of global_mean, item_mean"),
     (["--model=cnn"], "flag --model=cnn: value should be one of <content"),
     (["--dataset=ml-20m"], "flag --dataset=ml-20m: value should be one of <synthetic|ml-100k"),
     (["--baselines=item_mean,knn"], "Unsupported baseline: 'knn'; choose from global_mean, item_mean"),
-])
+  ],
+)
 def test_bad_flags_exit_2_and_list_the_valid_choices(tmp_path, flags, message):
   proc = run_binary("experiments.train", "--dataset=synthetic", *flags, f"--workdir={tmp_path}/run")
   assert proc.returncode == 2, proc.stderr[-2000:]

@@ -8,12 +8,16 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import episode_batch, task, tiny_setup
+from helpers import episode_batch, fit_on, task, tiny_setup
 from metarec_jax.learners import create_learner
 from metarec_jax.learners.base import Episode
 from metarec_jax.learners.stacked import BASE_KEY, fold_context, frozen_mask, make_stacked, residual_levels
-from metarec_jax.train import (Config, create_train_state, device_data, fit, make_predict_fn, make_train_step,
-                               predict_episodes, score, train_and_evaluate)
+from metarec_jax.config import Config
+from metarec_jax.training.state import create_train_state
+from metarec_jax.data.episodes import device_data
+from metarec_jax.evaluate import make_predict_fn, predict_episodes, score
+from metarec_jax.training.step import make_train_step
+from metarec_jax.protocol import train_and_evaluate
 
 FOLDS = 3
 
@@ -55,8 +59,7 @@ def test_base_stack_is_the_fold_fits_then_the_full_fit(setup):
   for k in range(FOLDS):
     want = base.init(jax.random.key(0), ep, fold_context(ctx, k, FOLDS))
     chex.assert_trees_all_close(jax.tree.map(lambda a: a[k], params[BASE_KEY]), want)
-  chex.assert_trees_all_close(jax.tree.map(lambda a: a[FOLDS], params[BASE_KEY]),
-                              base.init(jax.random.key(0), ep, ctx))
+  chex.assert_trees_all_close(jax.tree.map(lambda a: a[FOLDS], params[BASE_KEY]), base.init(jax.random.key(0), ep, ctx))
 
 
 def test_prediction_is_the_base_fold_in_plus_the_learner_on_the_residuals(setup):
@@ -67,25 +70,29 @@ def test_prediction_is_the_base_fold_in_plus_the_learner_on_the_residuals(setup)
     b_state = base.adapt(full, e.support)
     fitted = base.predict(full, b_state, e.support.x)
     resid = e.support._replace(y=jnp.where(e.support.mask, e.support.y - fitted, 0.0))
-    want = base.predict(full, b_state, e.query.x) + inner.predict(params["learner"], inner.adapt(params["learner"], resid),
-                                                                  e.query.x)
+    want = base.predict(full, b_state, e.query.x) + inner.predict(
+      params["learner"], inner.adapt(params["learner"], resid), e.query.x
+    )
     got = learner.predict(params, learner.adapt(params, e.support), e.query.x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_meta_loss_uses_each_tasks_out_of_fold_base(setup):
   learner, inner, base, ep, params = built(setup, "train", 6)
   rng = jax.random.key(1)
   for t in range(6):
-    e = jax.tree.map(lambda a: a[t:t + 1], ep)
+    e = jax.tree.map(lambda a: a[t : t + 1], ep)
     fold = int(e.support.x["user"][0, 0]) % FOLDS
     p = jax.tree.map(lambda a: a[fold], params[BASE_KEY])
     one = task(e, 0)
     st = base.adapt(p, one.support)
     s_res = one.support.y - base.predict(p, st, one.support.x)
     q_res = one.query.y - base.predict(p, st, one.query.x)
-    resid = Episode(e.support._replace(y=jnp.where(e.support.mask, s_res[None], 0.0)),
-                    e.query._replace(y=jnp.where(e.query.mask, q_res[None], 0.0)))
+    resid = Episode(
+      e.support._replace(y=jnp.where(e.support.mask, s_res[None], 0.0)),
+      e.query._replace(y=jnp.where(e.query.mask, q_res[None], 0.0)),
+    )
     want, _ = inner.meta_loss(params["learner"], resid, rng)
     got, _ = learner.meta_loss(params, e, rng)
     np.testing.assert_allclose(got, want, rtol=1e-5)
@@ -102,6 +109,7 @@ def test_cross_fitting_removes_the_leak_of_the_training_query(setup):
       p = jax.tree.map(lambda a: a[w], params[BASE_KEY])
       err = (base.predict(p, base.adapt(p, sup), q.x) - q.y) ** 2
       return jnp.sum(err * q.mask), q.mask.sum()
+
     se, n = jax.vmap(one)(which, ep.support, ep.query)
     return float(se.sum() / n.sum())
 
@@ -116,8 +124,9 @@ def test_base_stays_frozen_and_the_step_compiles_once(setup):
   params = learner.init(jax.random.key(0), episode_batch(data["tables"], scen.train, 1), ctx)
   traces = []
   step = make_train_step(learner, redraw=True, on_trace=lambda: traces.append(1))
-  tx = optax.multi_transform({"train": optax.adamw(1e-2, weight_decay=0.5), "frozen": optax.set_to_zero()},
-                             frozen_mask(params))
+  tx = optax.multi_transform(
+    {"train": optax.adamw(1e-2, weight_decay=0.5), "frozen": optax.set_to_zero()}, frozen_mask(params)
+  )
   state = create_train_state(jax.random.key(1), jax.tree.map(jnp.copy, params), tx)
   order = (8 * jnp.arange(3)[:, None] + jnp.arange(8)[None, :]) % len(scen.train)
   for _ in range(3):
@@ -128,13 +137,14 @@ def test_base_stays_frozen_and_the_step_compiles_once(setup):
   assert max(jax.tree.leaves(moved)) > 0
 
 
+@pytest.mark.slow
 def test_fit_keeps_the_base_frozen_under_weight_decay(setup):
   _, scen, model, ctx, tables = setup
   learner, _ = stacked(model)
   data = device_data(scen.train, tables)
   params = learner.init(jax.random.key(0), episode_batch(data["tables"], scen.train, 1), ctx)
   config = Config(epochs=2, patience=2, meta_batch_size=8, weight_decay=0.5, eval_chunk=16)
-  fitted, _ = fit(learner, jax.tree.map(jnp.copy, params), data, scen, config, log=None, predict_fn=make_predict_fn(learner))
+  fitted, _ = fit_on(learner, jax.tree.map(jnp.copy, params), data, scen, config)
   chex.assert_trees_all_equal(fitted[BASE_KEY], params[BASE_KEY])
   preds = predict_episodes(make_predict_fn(learner), fitted, data["tables"], scen.val, 16)
   assert np.isfinite(score(preds, scen.val)["mae"])
@@ -156,8 +166,9 @@ def test_clear_errors(setup):
 
 
 def test_binary_labels_are_refused_before_training(tmp_path):
-  config = Config(dataset="synthetic", synthetic_users=120, synthetic_items=150, label="binary", base="als_foldin",
-                  checkpoints=False)
+  config = Config(
+    dataset="synthetic", synthetic_users=120, synthetic_items=150, label="binary", base="als_foldin", checkpoints=False
+  )
   with pytest.raises(ValueError, match="residual of a 0/1 label"):
     train_and_evaluate(config, str(tmp_path / "binary"))
 
@@ -168,21 +179,30 @@ def test_residual_levels_are_centred_on_the_middle_label_level():
 
 
 def test_a_recorded_base_choice_is_refitted_without_the_validation_grid():
-  from metarec_jax.train import build_setup
-  config = Config(dataset="synthetic", synthetic_users=100, synthetic_items=120, hidden=(8,), embed_dim=4,
-                  base="als_foldin", base_folds=2)
+  from metarec_jax.setup import build_setup
+
+  config = Config(
+    dataset="synthetic",
+    synthetic_users=100,
+    synthetic_items=120,
+    hidden=(8,),
+    embed_dim=4,
+    base="als_foldin",
+    base_folds=2,
+  )
   first = build_setup(config)
-  chosen = first.select_foldin("als_foldin")
+  chosen = first.select("als_foldin")
   again = build_setup(config)
 
   def no_grid(*args, **kwargs):
     raise AssertionError("the validation grid ran again")
 
-  again.select_on_validation = no_grid
-  got = again.select_foldin("als_foldin", recorded={"name": "als_foldin", "selected": chosen["options"],
-                                                   "val_mae": chosen["val"]})
+  again.val_score = no_grid
+  got = again.select("als_foldin", recorded={"name": "als_foldin", "selected": chosen["options"], "val": chosen["val"]})
   assert got["options"] == chosen["options"] and got["val"] == chosen["val"]
-  np.testing.assert_allclose(predict_episodes(got["predict_fn"], got["params"], again.data["tables"], again.scen.val, 64),
-                             predict_episodes(chosen["predict_fn"], chosen["params"], first.data["tables"],
-                                              first.scen.val, 64), rtol=1e-6)
-  assert again.select_foldin("als_foldin") is got  # memoised: stacked learners reuse it
+  np.testing.assert_allclose(
+    predict_episodes(got["predict_fn"], got["params"], again.data["tables"], again.scen.val, 64),
+    predict_episodes(chosen["predict_fn"], chosen["params"], first.data["tables"], first.scen.val, 64),
+    rtol=1e-6,
+  )
+  assert again.select("als_foldin") is got  # memoised: stacked learners reuse it

@@ -4,7 +4,7 @@ import pytest
 
 from metarec_jax.data import synthetic
 from metarec_jax.data.tasks import SCENARIOS, TaskConfig, build_scenarios
-from metarec_jax.train import redraw_support_query
+from metarec_jax.data.episodes import redraw_support_query
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +111,19 @@ def test_redraw_keeps_each_tasks_ratings(scen):
   ep = scen.train.take(np.arange(8))
   out = jax.tree.map(np.asarray, redraw_support_query(jax.random.key(0), ep.arrays()))
   for t in range(8):
-    before = sorted(zip(ep.support_item[t][ep.support_mask[t]].tolist() + ep.query_item[t][ep.query_mask[t]].tolist(),
-                        ep.support_rating[t][ep.support_mask[t]].tolist() + ep.query_rating[t][ep.query_mask[t]].tolist()))
-    after = sorted(zip(out["support_item"][t][out["support_mask"][t]].tolist() + out["query_item"][t][out["query_mask"][t]].tolist(),
-                       out["support_rating"][t][out["support_mask"][t]].tolist() + out["query_rating"][t][out["query_mask"][t]].tolist()))
+    before = sorted(
+      zip(
+        ep.support_item[t][ep.support_mask[t]].tolist() + ep.query_item[t][ep.query_mask[t]].tolist(),
+        ep.support_rating[t][ep.support_mask[t]].tolist() + ep.query_rating[t][ep.query_mask[t]].tolist(),
+      )
+    )
+    after = sorted(
+      zip(
+        out["support_item"][t][out["support_mask"][t]].tolist() + out["query_item"][t][out["query_mask"][t]].tolist(),
+        out["support_rating"][t][out["support_mask"][t]].tolist()
+        + out["query_rating"][t][out["query_mask"][t]].tolist(),
+      )
+    )
     assert before == after
     assert out["query_mask"][t].all()
   assert not np.array_equal(out["query_item"], ep.query_item)

@@ -8,8 +8,17 @@ import pytest
 from conftest import TINY_RUN, run_binary
 from metarec_jax.data.tasks import SCENARIOS
 
-TINY = ["--dataset=synthetic", "--synthetic_users=120", "--synthetic_items=150", "--epochs=2",
-        "--meta_batch_size=8", "--hidden=16", "--embed_dim=8"]
+pytestmark = pytest.mark.slow  # end-to-end runs (binaries or train_and_evaluate) and real data
+
+TINY = [
+  "--dataset=synthetic",
+  "--synthetic_users=120",
+  "--synthetic_items=150",
+  "--epochs=2",
+  "--meta_batch_size=8",
+  "--hidden=16",
+  "--embed_dim=8",
+]
 
 
 def _check_outputs(workdir, learner, baselines, epochs):
@@ -29,10 +38,21 @@ def _check_outputs(workdir, learner, baselines, epochs):
     for scenario, m in res.items():
       assert m["n_tasks"] == final["dataset"]["n_test_tasks"][scenario]
       if m["n_tasks"]:
-        for key in ("mae", "rmse", "mae_pooled", "rmse_pooled", "ndcg@1", "ndcg@3", "ndcg@5",
-                    "accuracy", "precision", "recall"):
+        for key in (
+          "mae",
+          "rmse",
+          "mae_pooled",
+          "rmse_pooled",
+          "ndcg@1",
+          "ndcg@3",
+          "ndcg@5",
+          "accuracy",
+          "precision",
+          "recall",
+        ):
           assert m[key] is not None and m[key] >= 0, (name, scenario, key)
-  assert final["timing"]["total_s"] > 0
+  timing = json.load(open(os.path.join(workdir, "timing.json")))
+  assert timing["total_s"] > 0 and "timing" not in final
   return final
 
 
@@ -50,8 +70,14 @@ def test_binary_rejects_bad_flags(tmp_path):
 
 def test_binary_ml100k_one_epoch(tmp_path, shared_data_dir):
   workdir = str(tmp_path / "ml100k")
-  proc = run_binary("experiments.train", "--dataset=ml-100k", f"--data_dir={shared_data_dir}", "--epochs=1",
-                    "--baselines=item_mean,support_mean", f"--workdir={workdir}")
+  proc = run_binary(
+    "experiments.train",
+    "--dataset=ml-100k",
+    f"--data_dir={shared_data_dir}",
+    "--epochs=1",
+    "--baselines=item_mean,support_mean",
+    f"--workdir={workdir}",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   final = _check_outputs(workdir, "maml", ["item_mean", "support_mean"], 1)
   assert final["dataset"]["n_ratings"] == 100000
@@ -62,8 +88,15 @@ def test_binary_sharded_and_chunked_equals_plain(tmp_path, tiny_trained_run):
   # The same flags as the shared tiny run, sharded over 4 devices in chunks of 4 tasks.
   workdir = str(tmp_path / "sharded")
   # (--baselines= only skips the baselines: the learner's training does not depend on them.)
-  proc = run_binary("experiments.train", *TINY_RUN, f"--workdir={workdir}", "--devices=4", "--task_chunk=4",
-                    "--baselines=", f"--compilation_cache_dir={tmp_path / 'cache'}")
+  proc = run_binary(
+    "experiments.train",
+    *TINY_RUN,
+    f"--workdir={workdir}",
+    "--devices=4",
+    "--task_chunk=4",
+    "--baselines=",
+    f"--compilation_cache_dir={tmp_path / 'cache'}",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert os.listdir(tmp_path / "cache"), "the persistent compilation cache was not written"
   plain = json.load(open(os.path.join(tiny_trained_run, "final_metrics.json")))
@@ -74,11 +107,14 @@ def test_binary_sharded_and_chunked_equals_plain(tmp_path, tiny_trained_run):
       assert b["mae"] == pytest.approx(a["mae"], abs=1e-4), scenario
 
 
-@pytest.mark.parametrize("flags,message", [
+@pytest.mark.parametrize(
+  "flags,message",
+  [
     (["--devices=4", "--meta_batch_size=6"], "meta_batch_size=6 does not divide by the 4 devices"),
     (["--task_chunk=3"], "meta_batch_size=8 does not divide into task chunks of 3"),
     (["--devices=64"], "devices=64 but only 4 cpu device"),
-])
+  ],
+)
 def test_binary_rejects_bad_device_flags(tmp_path, flags, message):
   proc = run_binary("experiments.train", *TINY, "--baselines=", f"--workdir={tmp_path}", *flags)
   assert proc.returncode == 2, proc.stderr[-2000:]

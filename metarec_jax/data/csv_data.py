@@ -24,7 +24,7 @@ from metarec_jax.data.io import dedupe_keep_last, parse_float, parse_int, read_r
 from metarec_jax.data.movielens import multihot_table
 from metarec_jax.data.schema import DataError, Dataset, FieldSpec
 
-CSV_SOURCE = ("Write a CSV with the header user,item,rating[,timestamp]; see `--dataset=csv` in README.md.")
+CSV_SOURCE = "Write a CSV with the header user,item,rating[,timestamp]; see `--dataset=csv` in README.md."
 COLUMN_TYPES = ("categorical", "multihot", "numeric", "title")
 
 
@@ -34,8 +34,10 @@ def parse_column_types(specs: tuple[str, ...] | list[str]) -> dict[str, tuple[st
   for spec in specs:
     parts = spec.split(":", 2)
     if len(parts) < 2 or parts[1] not in COLUMN_TYPES:
-      raise DataError(f"--csv_columns entry {spec!r}: expected name:TYPE with TYPE one of {', '.join(COLUMN_TYPES)} "
-                      "(multihot takes a separator: name:multihot:|)")
+      raise DataError(
+        f"--csv_columns entry {spec!r}: expected name:TYPE with TYPE one of {', '.join(COLUMN_TYPES)} "
+        "(multihot takes a separator: name:multihot:|)"
+      )
     if parts[1] == "multihot" and (len(parts) < 3 or not parts[2]):
       raise DataError(f"--csv_columns entry {spec!r}: multihot needs a separator, e.g. {parts[0]}:multihot:|")
     out[parts[0]] = (parts[1], parts[2] if parts[1] == "multihot" else None)
@@ -49,14 +51,21 @@ def _header(path: str, rows, first: str, allowed: tuple[str, ...] | None = None)
     raise DataError(f"{path}:{line}: the header's first column must be {first!r}, got {cols[0]!r}")
   if len(set(cols)) != len(cols):
     raise DataError(f"{path}:{line}: the header repeats a column name: {','.join(cols)}")
-  if allowed is not None and cols != list(allowed[:len(cols)]):
+  if allowed is not None and cols != list(allowed[: len(cols)]):
     raise DataError(f"{path}:{line}: expected the header {','.join(allowed[:3])}[,timestamp], got {','.join(cols)!r}")
   return cols
 
 
-def load_csv(ratings_path: str, *, user_features: str | None = None, item_features: str | None = None,
-             columns: tuple[str, ...] = (), numeric_buckets: int = 10, name: str = "csv",
-             rating_scale: tuple[float, float] | None = None) -> Dataset:
+def load_csv(
+  ratings_path: str,
+  *,
+  user_features: str | None = None,
+  item_features: str | None = None,
+  columns: tuple[str, ...] = (),
+  numeric_buckets: int = 10,
+  name: str = "csv",
+  rating_scale: tuple[float, float] | None = None,
+) -> Dataset:
   types = parse_column_types(columns)
   require_file(ratings_path, source=CSV_SOURCE)
   with open(ratings_path, "rb") as f:
@@ -65,8 +74,10 @@ def load_csv(ratings_path: str, *, user_features: str | None = None, item_featur
     raise DataError(f"{ratings_path}: file is empty (expected the header user,item,rating[,timestamp] and rows)")
   n_cols = first.count(",") + 1
   if n_cols not in (3, 4):
-    raise DataError(f"{ratings_path}:1: expected the header user,item,rating[,timestamp] (3 or 4 columns separated "
-                    f"by ','), found {n_cols}: {first.strip()[:80]!r}")
+    raise DataError(
+      f"{ratings_path}:1: expected the header user,item,rating[,timestamp] (3 or 4 columns separated "
+      f"by ','), found {n_cols}: {first.strip()[:80]!r}"
+    )
   rows = read_rows(ratings_path, sep=",", n_fields=n_cols, source=CSV_SOURCE)
   _header(ratings_path, rows, "user", ("user", "item", "rating", "timestamp"))
   if len(rows) == 1:
@@ -106,10 +117,20 @@ def load_csv(ratings_path: str, *, user_features: str | None = None, item_featur
     first_seen = np.full(len(item_index), np.iinfo(np.int64).max)
     np.minimum.at(first_seen, items, stamps)
     release = first_seen.astype(np.float64)
-  ds = Dataset(name=name, users=users, items=items, ratings=ratings, timestamps=stamps,
-               user_ids=np.array(list(user_index), dtype=object), item_ids=np.array(list(item_index), dtype=object),
-               fields=tuple(fields), features=features, item_release=release, item_titles=titles,
-               rating_scale=(float(lo), float(hi)))
+  ds = Dataset(
+    name=name,
+    users=users,
+    items=items,
+    ratings=ratings,
+    timestamps=stamps,
+    user_ids=np.array(list(user_index), dtype=object),
+    item_ids=np.array(list(item_index), dtype=object),
+    fields=tuple(fields),
+    features=features,
+    item_release=release,
+    item_titles=titles,
+    rating_scale=(float(lo), float(hi)),
+  )
   ds.validate()
   return ds
 
@@ -125,8 +146,10 @@ def _read_features(path, side, index, types, numeric_buckets):
     raise DataError(f"{path}:1: no feature columns after {side!r}")
   for c in cols[1:]:
     if c not in types:
-      raise DataError(f"{path}:1: column {c!r} has no type; give it with --csv_columns={c}:TYPE "
-                      f"(TYPE one of {', '.join(COLUMN_TYPES)})")
+      raise DataError(
+        f"{path}:1: column {c!r} has no type; give it with --csv_columns={c}:TYPE "
+        f"(TYPE one of {', '.join(COLUMN_TYPES)})"
+      )
   values = {c: [None] * len(index) for c in cols[1:]}
   seen = {}
   for line, parts in rows[1:]:

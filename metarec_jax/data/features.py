@@ -10,8 +10,9 @@ from metarec_jax.data.schema import Dataset, FieldSpec
 ITEM_ID_FIELD = "item/id"
 
 
-def feature_tables(ds: Dataset, *, known_items: np.ndarray | None = None,
-                   item_id: bool = False) -> tuple[tuple[FieldSpec, ...], dict[str, np.ndarray]]:
+def feature_tables(
+  ds: Dataset, *, known_items: np.ndarray | None = None, item_id: bool = False
+) -> tuple[tuple[FieldSpec, ...], dict[str, np.ndarray]]:
   """The model's fields and their lookup tables.
 
   With `item_id`, an "item/id" field is added: item i gets id i + 1 if `known_items[i]`
@@ -19,8 +20,9 @@ def feature_tables(ds: Dataset, *, known_items: np.ndarray | None = None,
   scored from their content features alone.
   """
   fields = tuple(ds.fields)
-  tables = {spec.name: np.asarray(ds.features[spec.name], np.float32 if spec.kind == "dense" else np.int32)
-            for spec in fields}
+  tables = {
+    spec.name: np.asarray(ds.features[spec.name], np.float32 if spec.kind == "dense" else np.int32) for spec in fields
+  }
   tables.update({k: np.asarray(v) for k, v in ds.features.items() if k.startswith("_")})  # helper tables
   if item_id:
     known = np.ones(ds.n_items, bool) if known_items is None else np.asarray(known_items, bool)
@@ -135,15 +137,24 @@ def _cross_fitted(pos: np.ndarray, gram: np.ndarray, fold_of: np.ndarray, folds:
   return (full / scale).astype(np.float32), (fits / scale).astype(np.float32)
 
 
-def cooccurrence_tables(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, dim: int,
-                        folds: int = COOC_FOLDS, support_dim: int = 0) -> dict[str, np.ndarray]:
+def cooccurrence_tables(
+  users: np.ndarray,
+  items: np.ndarray,
+  n_users: int,
+  n_items: int,
+  dim: int,
+  folds: int = COOC_FOLDS,
+  support_dim: int = 0,
+) -> dict[str, np.ndarray]:
   """From the training users' positive (user, item) pairs: the item/cooc field [n_items, dim]
   (float32; none with dim 0) and, with `support_dim`, the fit behind the support similarity,
   each with its cross-fitted fold tables (folds=0: the full fits only, e.g. for a baseline that
   never featurises training users)."""
   if dim < 0 or support_dim < 0 or dim + support_dim == 0 or folds == 1 or folds < 0:
-    raise ValueError(f"co-occurrence embeddings need dim, support_dim >= 0 (not both 0) and folds 0 or >= 2, got "
-                     f"dim={dim}, support_dim={support_dim}, folds={folds}")
+    raise ValueError(
+      f"co-occurrence embeddings need dim, support_dim >= 0 (not both 0) and folds 0 or >= 2, got "
+      f"dim={dim}, support_dim={support_dim}, folds={folds}"
+    )
   train, row = np.unique(users, return_inverse=True)
   pos = np.zeros((len(train), n_items), np.float64)
   pos[row, items] = 1.0
@@ -159,8 +170,19 @@ def cooccurrence_tables(users: np.ndarray, items: np.ndarray, n_users: int, n_it
   return out
 
 
-def add_cooccurrence(fields: tuple, tables: dict, users: np.ndarray, items: np.ndarray, labels: np.ndarray, *,
-                     positive: float, n_users: int, n_items: int, dim: int, support_dim: int) -> tuple[tuple, dict]:
+def add_cooccurrence(
+  fields: tuple,
+  tables: dict,
+  users: np.ndarray,
+  items: np.ndarray,
+  labels: np.ndarray,
+  *,
+  positive: float,
+  n_users: int,
+  n_items: int,
+  dim: int,
+  support_dim: int,
+) -> tuple[tuple, dict]:
   """`fields` and `tables` with the co-occurrence fits of the training pairs (users, items,
   labels [R]) whose label is at least `positive`: the item/cooc field (dim > 0) and the support
   similarity field item/cooc_support (support_dim > 0; no table, built per episode)."""

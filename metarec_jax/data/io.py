@@ -22,8 +22,9 @@ def require_file(path: str, *, source: str) -> None:
     raise DataError(f"{path}: file not found. {source}")
 
 
-def read_rows(path: str, *, sep: str, n_fields: int, encoding: str = "utf-8",
-              skip_header: bool = False, source: str = "") -> list[tuple[int, list[str]]]:
+def read_rows(
+  path: str, *, sep: str, n_fields: int, encoding: str = "utf-8", skip_header: bool = False, source: str = ""
+) -> list[tuple[int, list[str]]]:
   """Reads a delimited text file into (line_number, fields) rows.
 
   Every row must have exactly `n_fields` fields. Blank lines are skipped. An empty
@@ -37,7 +38,9 @@ def read_rows(path: str, *, sep: str, n_fields: int, encoding: str = "utf-8",
     text = raw.decode(encoding)
   except UnicodeDecodeError as e:
     line = raw[: e.start].count(b"\n") + 1
-    raise DataError(f"{path}:{line}: bytes are not valid {encoding} (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    raise DataError(
+      f"{path}:{line}: bytes are not valid {encoding} (byte 0x{raw[e.start]:02x} at offset {e.start})"
+    ) from None
   rows = []
   lines = text.splitlines()
   start = 1 if skip_header else 0
@@ -48,7 +51,8 @@ def read_rows(path: str, *, sep: str, n_fields: int, encoding: str = "utf-8",
     parts = line.split(sep)
     if len(parts) != n_fields:
       raise DataError(
-          f"{path}:{i + 1}: expected {n_fields} fields separated by {sep!r}, found {len(parts)}: {line[:80]!r}")
+        f"{path}:{i + 1}: expected {n_fields} fields separated by {sep!r}, found {len(parts)}: {line[:80]!r}"
+      )
     rows.append((i + 1, parts))
   if not rows:
     raise DataError(f"{path}: file is empty (expected rows of {n_fields} fields separated by {sep!r})")

@@ -28,17 +28,26 @@ import os
 
 import numpy as np
 
-from metarec_jax.data.features import (POPULARITY_BUCKETS, POPULARITY_FIELD, POSITIVE_COUNTS, TRAIN_USER,
-                                      popularity_bucket)
+from metarec_jax.data.features import (
+  POPULARITY_BUCKETS,
+  POPULARITY_FIELD,
+  POSITIVE_COUNTS,
+  TRAIN_USER,
+  popularity_bucket,
+)
 from metarec_jax.data.io import parse_int, read_rows, require_file
 from metarec_jax.data.schema import DataError, Dataset, FieldSpec
 
 TANP_DIR = "tanp-lastfm"
 HETREC_DIR = "hetrec2011-lastfm-2k"
-TANP_SOURCE = ("Get TaNP's lastfm_20 from https://github.com/IIEdm/TaNP (data.zip, data/lastfm_20/) into "
-               "<data_dir>/tanp-lastfm; see README.md, Data.")
-HETREC_SOURCE = ("Get hetrec2011-lastfm-2k from https://grouplens.org/datasets/hetrec-2011/ into "
-                 "<data_dir>/hetrec2011-lastfm-2k; see README.md, Data.")
+TANP_SOURCE = (
+  "Get TaNP's lastfm_20 from https://github.com/IIEdm/TaNP (data.zip, data/lastfm_20/) into "
+  "<data_dir>/tanp-lastfm; see README.md, Data."
+)
+HETREC_SOURCE = (
+  "Get hetrec2011-lastfm-2k from https://grouplens.org/datasets/hetrec-2011/ into "
+  "<data_dir>/hetrec2011-lastfm-2k; see README.md, Data."
+)
 TANP_SPLITS = {"train": "training", "val": "validation", "user_cold": "testing"}
 LASTFM_PROTOCOLS = ("episodes", "fresh")
 
@@ -53,25 +62,45 @@ def popularity_tables(fixed_episodes: dict, n_users: int, n_items: int) -> dict:
   for u, si, sy, qi, qy in fixed_episodes["train"]:
     np.add.at(counts, np.concatenate([si, qi]), (np.concatenate([sy, qy]) > 0.5).astype(np.int64))
     train_user[u] = True
-  return {POPULARITY_FIELD: popularity_bucket(counts), POSITIVE_COUNTS: counts.astype(np.int32),
-          TRAIN_USER: train_user}
+  return {POPULARITY_FIELD: popularity_bucket(counts), POSITIVE_COUNTS: counts.astype(np.int32), TRAIN_USER: train_user}
 
 
-def _dataset(name, users, items, labels, n_users, n_items, user_ids, item_ids, titles=None,
-             fixed_episodes=None, report=None) -> Dataset:
+def _dataset(
+  name, users, items, labels, n_users, n_items, user_ids, item_ids, titles=None, fixed_episodes=None, report=None
+) -> Dataset:
   fields = (FieldSpec(POPULARITY_FIELD, "categorical", POPULARITY_BUCKETS),)
-  ds = Dataset(name=name, users=users.astype(np.int32), items=items.astype(np.int32),
-               ratings=labels.astype(np.float32), timestamps=np.zeros(len(users), np.int64),
-               user_ids=np.asarray(user_ids), item_ids=np.asarray(item_ids), fields=fields,
-               features=popularity_tables(fixed_episodes, n_users, n_items),
-               item_release=np.full(n_items, np.nan), item_titles=titles, rating_scale=(0.0, 1.0),
-               protocol_report=report, implicit=True, fixed_episodes=fixed_episodes)
+  ds = Dataset(
+    name=name,
+    users=users.astype(np.int32),
+    items=items.astype(np.int32),
+    ratings=labels.astype(np.float32),
+    timestamps=np.zeros(len(users), np.int64),
+    user_ids=np.asarray(user_ids),
+    item_ids=np.asarray(item_ids),
+    fields=fields,
+    features=popularity_tables(fixed_episodes, n_users, n_items),
+    item_release=np.full(n_items, np.nan),
+    item_titles=titles,
+    rating_scale=(0.0, 1.0),
+    protocol_report=report,
+    implicit=True,
+    fixed_episodes=fixed_episodes,
+  )
   ds.validate()
   return ds
 
 
-def fresh_episodes(users: np.ndarray, items: np.ndarray, labels: np.ndarray, seed: int, *, min_inter: int = 30,
-                   max_inter: int = 200, support: int = 20, fractions=(0.7, 0.1, 0.2)) -> dict:
+def fresh_episodes(
+  users: np.ndarray,
+  items: np.ndarray,
+  labels: np.ndarray,
+  seed: int,
+  *,
+  min_inter: int = 30,
+  max_inter: int = 200,
+  support: int = 20,
+  fractions=(0.7, 0.1, 0.2),
+) -> dict:
   """TaNP's split recipe: users with min_inter..max_inter interactions, split 70/10/20 at
   random (seeded) into train / val / user_cold; per user `support` random interactions are
   the support and the rest the query."""
@@ -83,7 +112,7 @@ def fresh_episodes(users: np.ndarray, items: np.ndarray, labels: np.ndarray, see
   chosen = rng.permutation(np.flatnonzero(keep))
   n_train = int(round(fractions[0] * len(chosen)))
   n_val = int(round(fractions[1] * len(chosen)))
-  parts = {"train": chosen[:n_train], "val": chosen[n_train:n_train + n_val], "user_cold": chosen[n_train + n_val:]}
+  parts = {"train": chosen[:n_train], "val": chosen[n_train : n_train + n_val], "user_cold": chosen[n_train + n_val :]}
   out = {}
   for key, idx in parts.items():
     tasks = []
@@ -98,8 +127,9 @@ def fresh_episodes(users: np.ndarray, items: np.ndarray, labels: np.ndarray, see
 
 def _read_pairs(path: str, n_fields: int, names: tuple[str, ...], source: str):
   rows = read_rows(path, sep="\t", n_fields=n_fields, source=source)
-  out = np.array([[parse_int(path, line, name, v) for name, v in zip(names, parts)] for line, parts in rows],
-                 np.int64).reshape(-1, n_fields)
+  out = np.array(
+    [[parse_int(path, line, name, v) for name, v in zip(names, parts)] for line, parts in rows], np.int64
+  ).reshape(-1, n_fields)
   lines = np.array([line for line, _ in rows])
   return out, lines
 
@@ -132,8 +162,18 @@ def load_tanp_lastfm(data_dir: str, *, protocol: str = "episodes", seed: int = 0
     for key, folder in TANP_SPLITS.items():
       episodes[key] = _tanp_split(os.path.join(root, "episodes", folder), label_of, n_users, n_items)
   report["episodes"] = {k: len(v) for k, v in episodes.items()}
-  return _dataset("lastfm", users, items, labels, n_users, n_items, np.arange(n_users), np.arange(n_items),
-                  fixed_episodes=episodes, report=report)
+  return _dataset(
+    "lastfm",
+    users,
+    items,
+    labels,
+    n_users,
+    n_items,
+    np.arange(n_users),
+    np.arange(n_items),
+    fixed_episodes=episodes,
+    report=report,
+  )
 
 
 def _tanp_split(folder: str, label_of: dict, n_users: int, n_items: int) -> list:
@@ -148,8 +188,10 @@ def _tanp_split(folder: str, label_of: dict, n_users: int, n_items: int) -> list
       path = os.path.join(folder, f"{part}_x_{e}_u_m_ids.txt")
       pairs, lines = _read_pairs(path, 2, ("user", "item"), TANP_SOURCE)
       if len(np.unique(pairs[:, 0])) != 1:
-        raise DataError(f"{path}:{lines[np.flatnonzero(pairs[:, 0] != pairs[0, 0])[0]]}: an episode holds one user's "
-                        f"pairs; expected user {pairs[0, 0]}")
+        raise DataError(
+          f"{path}:{lines[np.flatnonzero(pairs[:, 0] != pairs[0, 0])[0]]}: an episode holds one user's "
+          f"pairs; expected user {pairs[0, 0]}"
+        )
       y = []
       for (u, i), line in zip(pairs.tolist(), lines.tolist()):
         if not (0 <= u < n_users and 0 <= i < n_items) or (u, i) not in label_of:
@@ -167,8 +209,17 @@ def load_hetrec_lastfm(data_dir: str, *, seed: int = 0) -> Dataset:
   root = os.path.join(data_dir, HETREC_DIR)
   path = os.path.join(root, "user_artists.dat")
   rows = read_rows(path, sep="\t", n_fields=3, skip_header=True, source=HETREC_SOURCE)
-  ua = np.array([[parse_int(path, line, "userID", p[0]), parse_int(path, line, "artistID", p[1]),
-                  parse_int(path, line, "weight", p[2])] for line, p in rows], np.int64)
+  ua = np.array(
+    [
+      [
+        parse_int(path, line, "userID", p[0]),
+        parse_int(path, line, "artistID", p[1]),
+        parse_int(path, line, "weight", p[2]),
+      ]
+      for line, p in rows
+    ],
+    np.int64,
+  )
   lines = np.array([line for line, _ in rows])
   bad = np.flatnonzero(ua[:, 2] <= 0)
   if len(bad):
@@ -189,7 +240,7 @@ def load_hetrec_lastfm(data_dir: str, *, seed: int = 0) -> Dataset:
   order = np.argsort(u, kind="stable")
   bounds = np.searchsorted(u[order], np.arange(len(user_ids) + 1))
   for user in range(len(user_ids)):
-    listened = i[order[bounds[user]:bounds[user + 1]]]
+    listened = i[order[bounds[user] : bounds[user + 1]]]
     pool = np.setdiff1d(np.arange(len(item_ids)), listened)
     pick = rng.choice(pool, size=min(len(listened), len(pool)), replace=False)
     neg_u.append(np.full(len(pick), user))
@@ -198,7 +249,22 @@ def load_hetrec_lastfm(data_dir: str, *, seed: int = 0) -> Dataset:
   items = np.concatenate([i] + neg_i)
   labels = np.concatenate([np.ones(len(u)), np.zeros(sum(len(x) for x in neg_i))]).astype(np.float32)
   episodes = fresh_episodes(users, items, labels, seed)
-  report = {"interactions": len(users), "positives": int(labels.sum()), "protocol": "fresh",
-            "episodes": {k: len(v) for k, v in episodes.items()}}
-  return _dataset("hetrec-lastfm", users, items, labels, len(user_ids), len(item_ids), user_ids, item_ids,
-                  titles=[titles.get(int(a), str(a)) for a in item_ids], fixed_episodes=episodes, report=report)
+  report = {
+    "interactions": len(users),
+    "positives": int(labels.sum()),
+    "protocol": "fresh",
+    "episodes": {k: len(v) for k, v in episodes.items()},
+  }
+  return _dataset(
+    "hetrec-lastfm",
+    users,
+    items,
+    labels,
+    len(user_ids),
+    len(item_ids),
+    user_ids,
+    item_ids,
+    titles=[titles.get(int(a), str(a)) for a in item_ids],
+    fixed_episodes=episodes,
+    report=report,
+  )

@@ -32,8 +32,10 @@ from metarec_jax.data.io import parse_int, read_rows, require_file
 from metarec_jax.data.movielens import multihot_table
 from metarec_jax.data.schema import DataError, Dataset, FieldSpec
 
-MELU_SOURCE = ("MeLU's ML-1M files come from https://github.com/hoyeoplee/MeLU (movielens/ml-1m) and the full "
-               "ratings from https://github.com/tarashnot/SVDApproximation (data/ratings.rda); see README.md, Real data.")
+MELU_SOURCE = (
+  "MeLU's ML-1M files come from https://github.com/hoyeoplee/MeLU (movielens/ml-1m) and the full "
+  "ratings from https://github.com/tarashnot/SVDApproximation (data/ratings.rda); see README.md, Real data."
+)
 COLD_STATES = ("user_cold_state", "item_cold_state", "user_and_item_cold_state")
 
 
@@ -76,13 +78,16 @@ def read_rda_ratings(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   cols = [table[c].to_numpy("int64", na_value=-1) for c in ("user", "item", "rating")]
   bad = np.flatnonzero((cols[2] < 1) | (cols[2] > 5) | (cols[0] < 1) | (cols[1] < 1))
   if bad.size:
-    raise DataError(f"{path}: row {int(bad[0]) + 1} of 'ratings' has user {cols[0][bad[0]]}, item {cols[1][bad[0]]}, "
-                    f"rating {cols[2][bad[0]]}; expected positive ids and a rating in 1..5")
+    raise DataError(
+      f"{path}: row {int(bad[0]) + 1} of 'ratings' has user {cols[0][bad[0]]}, item {cols[1][bad[0]]}, "
+      f"rating {cols[2][bad[0]]}; expected positive ids and a rating in 1..5"
+    )
   return cols[0], cols[1], cols[2]
 
 
-def map_rda_items(users, items, ratings, state_triples: dict[int, list[tuple[int, int]]],
-                  movie_ids: list[int]) -> tuple[dict[int, int], dict]:
+def map_rda_items(
+  users, items, ratings, state_triples: dict[int, list[tuple[int, int]]], movie_ids: list[int]
+) -> tuple[dict[int, int], dict]:
   """rda item index -> MovieID, from the state files' (movie, user, rating) triples."""
   by_ur = collections.defaultdict(set)
   for u, i, r in zip(users.tolist(), items.tolist(), ratings.tolist()):
@@ -113,8 +118,10 @@ def map_rda_items(users, items, ratings, state_triples: dict[int, list[tuple[int
       break
   item_to_movie = {j: m for m, j in res.items()}
   if len(item_to_movie) != len(res):
-    raise DataError("ML-1M item map: two state movies matched the same rda item; the state files and the "
-                    "ratings do not belong together")
+    raise DataError(
+      "ML-1M item map: two state movies matched the same rda item; the state files and the "
+      "ratings do not belong together"
+    )
   # Items no state names: by rank inside gaps whose MovieIDs are exactly as many as the items.
   n_items = int(items.max())
   keys = sorted(res)
@@ -125,15 +132,22 @@ def map_rda_items(users, items, ratings, state_triples: dict[int, list[tuple[int
     need = jb - ja - 1
     if need <= 0:
       continue
-    inside = [m for m in all_movies[bisect.bisect_right(all_movies, ma):bisect.bisect_left(all_movies, mb)]
-              if m not in res]
+    inside = [
+      m for m in all_movies[bisect.bisect_right(all_movies, ma) : bisect.bisect_left(all_movies, mb)] if m not in res
+    ]
     if len(inside) == need:
       for j, m in zip(range(ja + 1, jb), inside):
         item_to_movie[j] = m
         gap += 1
-  report = {"rda_items": n_items, "state_movies": len(state_triples), "matched_directly": direct,
-            "matched_by_order": len(res) - direct, "state_movies_unmatched": len(state_triples) - len(res),
-            "matched_by_gap": gap, "unknown_content": n_items - len(item_to_movie)}
+  report = {
+    "rda_items": n_items,
+    "state_movies": len(state_triples),
+    "matched_directly": direct,
+    "matched_by_order": len(res) - direct,
+    "state_movies_unmatched": len(state_triples) - len(res),
+    "matched_by_gap": gap,
+    "unknown_content": n_items - len(item_to_movie),
+  }
   return item_to_movie, report
 
 
@@ -145,8 +159,10 @@ def load_melu_ml1m(data_dir: str) -> Dataset:
       raise DataError(f"{folder}: directory not found. {MELU_SOURCE}")
 
   # Users (users.dat: UserID::Gender::Age::Occupation::Zip), MeLU's vocabularies.
-  voc = {k: _vocab(os.path.join(root, f"m_{k}.txt"))
-         for k in ("gender", "age", "occupation", "zipcode", "rate", "genre", "director", "actor")}
+  voc = {
+    k: _vocab(os.path.join(root, f"m_{k}.txt"))
+    for k in ("gender", "age", "occupation", "zipcode", "rate", "genre", "director", "actor")
+  }
   user_path = os.path.join(root, "users.dat")
   user_rows = _read_dat(user_path, 5, "ascii")
   user_ids, ufeat = [], {k: [] for k in ("gender", "age", "occupation", "zipcode")}
@@ -207,38 +223,54 @@ def load_melu_ml1m(data_dir: str) -> Dataset:
 
   pad = [[] for _ in extra]
   fields = (
-      FieldSpec("user/gender", "categorical", len(voc["gender"])),
-      FieldSpec("user/age", "categorical", len(voc["age"])),
-      FieldSpec("user/occupation", "categorical", len(voc["occupation"])),
-      FieldSpec("user/zip", "categorical", len(voc["zipcode"])),
-      FieldSpec("item/rate", "categorical", len(voc["rate"]) + 1),
-      FieldSpec("item/genre", "multihot", len(voc["genre"])),
-      FieldSpec("item/director", "multihot", len(voc["director"])),
-      FieldSpec("item/actor", "multihot", len(voc["actor"])),
+    FieldSpec("user/gender", "categorical", len(voc["gender"])),
+    FieldSpec("user/age", "categorical", len(voc["age"])),
+    FieldSpec("user/occupation", "categorical", len(voc["occupation"])),
+    FieldSpec("user/zip", "categorical", len(voc["zipcode"])),
+    FieldSpec("item/rate", "categorical", len(voc["rate"]) + 1),
+    FieldSpec("item/genre", "multihot", len(voc["genre"])),
+    FieldSpec("item/director", "multihot", len(voc["director"])),
+    FieldSpec("item/actor", "multihot", len(voc["actor"])),
   )
   features = {
-      "user/gender": np.array(ufeat["gender"], np.int32), "user/age": np.array(ufeat["age"], np.int32),
-      "user/occupation": np.array(ufeat["occupation"], np.int32), "user/zip": np.array(ufeat["zipcode"], np.int32),
-      "item/rate": np.array(mfeat["rate"] + [len(voc["rate"])] * len(extra), np.int32),
-      "item/genre": multihot_table(mfeat["genre"] + pad), "item/director": multihot_table(mfeat["director"] + pad),
-      "item/actor": multihot_table(mfeat["actor"] + pad),
+    "user/gender": np.array(ufeat["gender"], np.int32),
+    "user/age": np.array(ufeat["age"], np.int32),
+    "user/occupation": np.array(ufeat["occupation"], np.int32),
+    "user/zip": np.array(ufeat["zipcode"], np.int32),
+    "item/rate": np.array(mfeat["rate"] + [len(voc["rate"])] * len(extra), np.int32),
+    "item/genre": multihot_table(mfeat["genre"] + pad),
+    "item/director": multihot_table(mfeat["director"] + pad),
+    "item/actor": multihot_table(mfeat["actor"] + pad),
   }
   # The split from the state files.
   new_users = sorted({int(u) for s in ("user_cold_state", "user_and_item_cold_state") for u in states[s][0]})
-  new_movies = {int(m) for s in ("item_cold_state", "user_and_item_cold_state") for ms in states[s][0].values()
-                for m in ms}
+  new_movies = {
+    int(m) for s in ("item_cold_state", "user_and_item_cold_state") for ms in states[s][0].values() for m in ms
+  }
   new_item = np.zeros(n_items, bool)
   new_item[[movie_index[m] for m in new_movies]] = True
   warm_users = sorted(int(u) for u in warm_y)
   overlap = set(warm_users) & set(new_users)
   if overlap:
     raise DataError(f"{root}: user {min(overlap)} is both warm and new in the state files")
-  ds = Dataset(name="ml-1m", users=uidx, items=lookup[items].astype(np.int32), ratings=ratings.astype(np.float32),
-               timestamps=np.zeros(len(ratings), np.int64), user_ids=np.array(user_ids), item_ids=item_ids,
-               fields=fields, features=features, item_release=np.full(n_items, np.nan), item_titles=titles +
-               [f"(unknown ML-1M movie, rda item {j})" for j in extra])
-  ds.split_hint = {"new_item": new_item, "new_users": np.array([user_index[u] for u in new_users], np.int32),
-                   "warm_users": np.array([user_index[u] for u in warm_users], np.int32)}
+  ds = Dataset(
+    name="ml-1m",
+    users=uidx,
+    items=lookup[items].astype(np.int32),
+    ratings=ratings.astype(np.float32),
+    timestamps=np.zeros(len(ratings), np.int64),
+    user_ids=np.array(user_ids),
+    item_ids=item_ids,
+    fields=fields,
+    features=features,
+    item_release=np.full(n_items, np.nan),
+    item_titles=titles + [f"(unknown ML-1M movie, rda item {j})" for j in extra],
+  )
+  ds.split_hint = {
+    "new_item": new_item,
+    "new_users": np.array([user_index[u] for u in new_users], np.int32),
+    "warm_users": np.array([user_index[u] for u in warm_users], np.int32),
+  }
   ds.validate()
   ds.protocol_report = {"item_map": report, **_check_states(ds, states, warm_y, user_index, movie_index)}
   return ds
@@ -275,8 +307,13 @@ def _check_states(ds, states, warm_y, user_index, movie_index) -> dict:
     if mine == sorted(ys):
       same += 1
       pairs_same += len(ys)
-  out["warm_state"] = {"users": len(warm_y), "users_with_13_to_100": sum(13 <= len(y) <= 100 for y in warm_y.values()),
-                       "pairs": pairs, "users_matched": same, "pairs_in_matched_users": pairs_same}
+  out["warm_state"] = {
+    "users": len(warm_y),
+    "users_with_13_to_100": sum(13 <= len(y) <= 100 for y in warm_y.values()),
+    "pairs": pairs,
+    "users_matched": same,
+    "pairs_in_matched_users": pairs_same,
+  }
   return out
 
 

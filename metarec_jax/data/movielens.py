@@ -10,8 +10,10 @@ import numpy as np
 from metarec_jax.data.io import dedupe_keep_last, parse_float, parse_int, read_rows, require_file
 from metarec_jax.data.schema import DataError, Dataset, FieldSpec
 
-ML100K_SOURCE = ("MovieLens-100K comes from GroupLens (https://grouplens.org/datasets/movielens/100k/, "
-                 "ml-100k.zip); unzip it and pass its folder's parent as --data_dir.")
+ML100K_SOURCE = (
+  "MovieLens-100K comes from GroupLens (https://grouplens.org/datasets/movielens/100k/, "
+  "ml-100k.zip); unzip it and pass its folder's parent as --data_dir."
+)
 
 # MeLU / ML-1M age groups: <18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+.
 AGE_EDGES = np.array([18, 25, 35, 45, 50, 56])
@@ -94,8 +96,9 @@ def load_ml100k(data_dir: str) -> Dataset:
     genres.append([g for g, f in enumerate(flags) if f == "1"])
   item_index = _index(raw_item_ids, item_path, "movie id")
   release = np.array(release, np.float64)
-  years = np.array([datetime.datetime.fromtimestamp(t, datetime.timezone.utc).year if t == t else np.nan
-                    for t in release], np.float64)
+  years = np.array(
+    [datetime.datetime.fromtimestamp(t, datetime.timezone.utc).year if t == t else np.nan for t in release], np.float64
+  )
 
   data_path = os.path.join(root, "u.data")
   rows = read_rows(data_path, sep="\t", n_fields=4, encoding="ascii", source=ML100K_SOURCE)
@@ -119,24 +122,34 @@ def load_ml100k(data_dir: str) -> Dataset:
   users, items, ratings, stamps = dedupe_keep_last(users, items, ratings, stamps, path=data_path)
 
   fields = (
-      FieldSpec("user/age", "categorical", N_AGE_BUCKETS),
-      FieldSpec("user/gender", "categorical", 2),
-      FieldSpec("user/occupation", "categorical", len(occupations)),
-      FieldSpec("user/zip", "categorical", N_ZIP_BUCKETS),
-      FieldSpec("item/genre", "multihot", 19),
-      FieldSpec("item/year", "categorical", N_YEAR_BUCKETS),
+    FieldSpec("user/age", "categorical", N_AGE_BUCKETS),
+    FieldSpec("user/gender", "categorical", 2),
+    FieldSpec("user/occupation", "categorical", len(occupations)),
+    FieldSpec("user/zip", "categorical", N_ZIP_BUCKETS),
+    FieldSpec("item/genre", "multihot", 19),
+    FieldSpec("item/year", "categorical", N_YEAR_BUCKETS),
   )
   features = {
-      "user/age": age_bucket(np.array(ages)),
-      "user/gender": np.array(genders, np.int32),
-      "user/occupation": np.array(occs, np.int32),
-      "user/zip": zip_bucket(zips),
-      "item/genre": multihot_table(genres),
-      "item/year": year_bucket(years),
+    "user/age": age_bucket(np.array(ages)),
+    "user/gender": np.array(genders, np.int32),
+    "user/occupation": np.array(occs, np.int32),
+    "user/zip": zip_bucket(zips),
+    "item/genre": multihot_table(genres),
+    "item/year": year_bucket(years),
   }
-  ds = Dataset(name="ml-100k", users=users, items=items, ratings=ratings, timestamps=stamps,
-               user_ids=np.array(raw_user_ids), item_ids=np.array(raw_item_ids), fields=fields,
-               features=features, item_release=release, item_titles=titles)
+  ds = Dataset(
+    name="ml-100k",
+    users=users,
+    items=items,
+    ratings=ratings,
+    timestamps=stamps,
+    user_ids=np.array(raw_user_ids),
+    item_ids=np.array(raw_item_ids),
+    fields=fields,
+    features=features,
+    item_release=release,
+    item_titles=titles,
+  )
   ds.validate()
   return ds
 

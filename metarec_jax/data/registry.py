@@ -9,17 +9,32 @@ from metarec_jax.data.schema import Dataset
 DATASETS = ("synthetic", "ml-100k", "ml-1m", "lastfm", "hetrec-lastfm", "csv")
 
 
-def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0, synthetic_users: int = 600,
-                 synthetic_items: int = 800, csv_ratings: str | None = None, csv_user_features: str | None = None,
-                 csv_item_features: str | None = None, csv_columns: tuple[str, ...] = (),
-                 csv_rating_scale: tuple[float, float] | None = None, lastfm_protocol: str = "episodes") -> Dataset:
+def load_dataset(
+  name: str,
+  *,
+  data_dir: str | None = None,
+  seed: int = 0,
+  synthetic_users: int = 600,
+  synthetic_items: int = 800,
+  csv_ratings: str | None = None,
+  csv_user_features: str | None = None,
+  csv_item_features: str | None = None,
+  csv_columns: tuple[str, ...] = (),
+  csv_rating_scale: tuple[float, float] | None = None,
+  lastfm_protocol: str = "episodes",
+) -> Dataset:
   """Loads a dataset by name; real datasets are read from `data_dir` (or $METAREC_DATA_DIR),
   a user's own CSV files from the `csv_*` paths."""
   if name == "csv":
     if not csv_ratings:
       raise ValueError("--dataset=csv needs --csv_ratings (a CSV with the header user,item,rating[,timestamp])")
-    return csv_data.load_csv(csv_ratings, user_features=csv_user_features, item_features=csv_item_features,
-                             columns=tuple(csv_columns), rating_scale=csv_rating_scale)
+    return csv_data.load_csv(
+      csv_ratings,
+      user_features=csv_user_features,
+      item_features=csv_item_features,
+      columns=tuple(csv_columns),
+      rating_scale=csv_rating_scale,
+    )
   if name == "synthetic":
     return synthetic.generate(n_users=synthetic_users, n_items=synthetic_items, seed=seed)
   if name == "ml-100k":

@@ -97,8 +97,10 @@ class Dataset:
         raise DataError(f"{self.name}: feature {spec.name!r} has {table.shape[0]} rows, expected {rows}")
       if spec.kind == "dense":
         if table.shape[1:] != (spec.vocab_size,) or not np.isfinite(table).all():
-          raise DataError(f"{self.name}: dense feature {spec.name!r} must be a finite [{rows}, {spec.vocab_size}] "
-                          f"table, got shape {table.shape}")
+          raise DataError(
+            f"{self.name}: dense feature {spec.name!r} must be a finite [{rows}, {spec.vocab_size}] "
+            f"table, got shape {table.shape}"
+          )
         continue
       if table.size and (table.max() >= spec.vocab_size or table.min() < -1):
         raise DataError(f"{self.name}: feature {spec.name!r} has ids outside [0, {spec.vocab_size})")

@@ -14,18 +14,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from metarec_jax.data.movielens import (N_AGE_BUCKETS, N_YEAR_BUCKETS, N_ZIP_BUCKETS,
-                                        multihot_table, year_bucket)
+from metarec_jax.data.movielens import N_AGE_BUCKETS, N_YEAR_BUCKETS, N_ZIP_BUCKETS, multihot_table, year_bucket
 from metarec_jax.data.schema import Dataset, FieldSpec
 
 N_OCCUPATIONS = 21
 N_GENRES = 19
 
 
-def generate(*, n_users: int = 600, n_items: int = 800, latent_dim: int = 8,
-             min_ratings: int = 15, max_ratings: int = 110, user_bias_std: float = 0.5,
-             item_bias_std: float = 0.5, interaction_scale: float = 0.8, noise_std: float = 0.4,
-             seed: int = 0, chunk: int = 4096) -> Dataset:
+def generate(
+  *,
+  n_users: int = 600,
+  n_items: int = 800,
+  latent_dim: int = 8,
+  min_ratings: int = 15,
+  max_ratings: int = 110,
+  user_bias_std: float = 0.5,
+  item_bias_std: float = 0.5,
+  interaction_scale: float = 0.8,
+  noise_std: float = 0.4,
+  seed: int = 0,
+  chunk: int = 4096,
+) -> Dataset:
   """Returns a Dataset named "synthetic"; the same seed gives the same data."""
   rng = np.random.default_rng(seed)
   d = latent_dim
@@ -39,7 +48,9 @@ def generate(*, n_users: int = 600, n_items: int = 800, latent_dim: int = 8,
   gender = (z[:, 1] + rng.normal(0, 0.5, n_users) > 0).astype(np.int32)
   zipcode = rng.integers(0, N_ZIP_BUCKETS, n_users).astype(np.int32)
   # b_u: a part explained by z (hence partly by features) plus an idiosyncratic part.
-  b_user = (0.5 * z[:, 0] * user_bias_std + np.sqrt(0.75) * user_bias_std * rng.standard_normal(n_users)).astype(np.float32)
+  b_user = (0.5 * z[:, 0] * user_bias_std + np.sqrt(0.75) * user_bias_std * rng.standard_normal(n_users)).astype(
+    np.float32
+  )
 
   # Item features, correlated with v.
   genre_w = rng.standard_normal((d, N_GENRES)).astype(np.float32)
@@ -74,21 +85,34 @@ def generate(*, n_users: int = 600, n_items: int = 800, latent_dim: int = 8,
   stamps = (join[users] + rng.exponential(3e5, len(users))).astype(np.int64)
 
   fields = (
-      FieldSpec("user/age", "categorical", N_AGE_BUCKETS),
-      FieldSpec("user/gender", "categorical", 2),
-      FieldSpec("user/occupation", "categorical", N_OCCUPATIONS),
-      FieldSpec("user/zip", "categorical", N_ZIP_BUCKETS),
-      FieldSpec("item/genre", "multihot", N_GENRES),
-      FieldSpec("item/year", "categorical", N_YEAR_BUCKETS),
+    FieldSpec("user/age", "categorical", N_AGE_BUCKETS),
+    FieldSpec("user/gender", "categorical", 2),
+    FieldSpec("user/occupation", "categorical", N_OCCUPATIONS),
+    FieldSpec("user/zip", "categorical", N_ZIP_BUCKETS),
+    FieldSpec("item/genre", "multihot", N_GENRES),
+    FieldSpec("item/year", "categorical", N_YEAR_BUCKETS),
   )
   features = {
-      "user/age": age, "user/gender": gender, "user/occupation": occupation, "user/zip": zipcode,
-      "item/genre": multihot_table(genres), "item/year": year_bucket(year),
+    "user/age": age,
+    "user/gender": gender,
+    "user/occupation": occupation,
+    "user/zip": zipcode,
+    "item/genre": multihot_table(genres),
+    "item/year": year_bucket(year),
   }
-  ds = Dataset(name="synthetic", users=users, items=items, ratings=ratings, timestamps=stamps,
-               user_ids=np.arange(1, n_users + 1), item_ids=np.arange(1, n_items + 1), fields=fields,
-               features=features, item_release=release,
-               item_titles=[f"Synthetic item {i + 1}" for i in range(n_items)])
+  ds = Dataset(
+    name="synthetic",
+    users=users,
+    items=items,
+    ratings=ratings,
+    timestamps=stamps,
+    user_ids=np.arange(1, n_users + 1),
+    item_ids=np.arange(1, n_items + 1),
+    fields=fields,
+    features=features,
+    item_release=release,
+    item_titles=[f"Synthetic item {i + 1}" for i in range(n_items)],
+  )
   ds.validate()
   return ds
 

@@ -103,9 +103,13 @@ def split_users_items(ds: Dataset, cfg: TaskConfig, seed: int) -> ColdStartSplit
     perm = rng.permutation(len(warm))
     n_val = int(round(cfg.val_user_frac * len(warm)))
     # MeLU tests new items on every warm user (validation reads only existing-item ratings).
-    return ColdStartSplit(new_item=np.asarray(ds.split_hint["new_item"], bool), train_users=np.sort(warm[perm[n_val:]]),
-                          val_users=np.sort(warm[perm[:n_val]]),
-                          new_users=np.array(ds.split_hint["new_users"], np.int32), item_cold_users=np.sort(warm))
+    return ColdStartSplit(
+      new_item=np.asarray(ds.split_hint["new_item"], bool),
+      train_users=np.sort(warm[perm[n_val:]]),
+      val_users=np.sort(warm[perm[:n_val]]),
+      new_users=np.array(ds.split_hint["new_users"], np.int32),
+      item_cold_users=np.sort(warm),
+    )
   # Items: the newest `new_item_frac` by release date are new; unknown dates stay existing.
   release = np.nan_to_num(ds.item_release, nan=-np.inf)
   order = np.lexsort((np.arange(ds.n_items), release))
@@ -121,13 +125,17 @@ def split_users_items(ds: Dataset, cfg: TaskConfig, seed: int) -> ColdStartSplit
   else:
     user_order = rng.permutation(ds.n_users)
   n_new_users = int(round(cfg.new_user_frac * ds.n_users))
-  new_users = np.sort(user_order[ds.n_users - n_new_users:])
+  new_users = np.sort(user_order[ds.n_users - n_new_users :])
   existing = user_order[: ds.n_users - n_new_users]
   existing = rng.permutation(existing)
   n_val = int(round(cfg.val_user_frac * len(existing)))
-  return ColdStartSplit(new_item=new_item, train_users=np.sort(existing[n_val:]),
-                        val_users=np.sort(existing[:n_val]), new_users=new_users,
-                        item_cold_users=np.sort(existing[n_val:]))
+  return ColdStartSplit(
+    new_item=new_item,
+    train_users=np.sort(existing[n_val:]),
+    val_users=np.sort(existing[:n_val]),
+    new_users=new_users,
+    item_cold_users=np.sort(existing[n_val:]),
+  )
 
 
 def build_scenarios(ds: Dataset, cfg: TaskConfig, seed: int) -> Scenarios:
@@ -181,12 +189,16 @@ def build_scenarios(ds: Dataset, cfg: TaskConfig, seed: int) -> Scenarios:
   train = _pack([(u, it[Q:], r[Q:], it[:Q], r[:Q]) for u, it, r in train_tasks], S, Q)
   val = _pack(tasks_for(split.val_users, False), S, Q)
   test = {
-      "warm": _pack(warm_tasks, S, Q),
-      "user_cold": _pack(tasks_for(split.new_users, False), S, Q),
-      "item_cold": _pack(tasks_for(split.item_cold_users, True), S, Q),
-      "user_item_cold": _pack(tasks_for(split.new_users, True), S, Q),
+    "warm": _pack(warm_tasks, S, Q),
+    "user_cold": _pack(tasks_for(split.new_users, False), S, Q),
+    "item_cold": _pack(tasks_for(split.item_cold_users, True), S, Q),
+    "user_item_cold": _pack(tasks_for(split.new_users, True), S, Q),
   }
-  tu = np.concatenate([np.full(len(it), u, np.int32) for u, it, _ in train_tasks]) if train_tasks else np.zeros(0, np.int32)
+  tu = (
+    np.concatenate([np.full(len(it), u, np.int32) for u, it, _ in train_tasks])
+    if train_tasks
+    else np.zeros(0, np.int32)
+  )
   ti = np.concatenate([it for _, it, _ in train_tasks]) if train_tasks else np.zeros(0, np.int32)
   tr = np.concatenate([r for _, _, r in train_tasks]) if train_tasks else np.zeros(0, np.float32)
   return Scenarios(split=split, train=train, val=val, test=test, train_ratings=(tu, ti, tr))
@@ -199,41 +211,53 @@ def _fixed_scenarios(ds: Dataset) -> Scenarios:
   fe = ds.fixed_episodes
   unknown = sorted(set(fe) - {"train", "val"} - set(SCENARIOS))
   if unknown or "train" not in fe:
-    raise ValueError(f"{ds.name}: fixed episodes need 'train' and keys from val, {', '.join(SCENARIOS)}; "
-                     f"got {sorted(fe)}")
+    raise ValueError(
+      f"{ds.name}: fixed episodes need 'train' and keys from val, {', '.join(SCENARIOS)}; got {sorted(fe)}"
+    )
   tasks = [t for v in fe.values() for t in v]
   S = max(len(t[1]) for t in tasks)
   Q = max(len(t[3]) for t in tasks)
   users = {k: np.unique(np.array([t[0] for t in v], np.int32)) for k, v in fe.items()}
   none = np.zeros(0, np.int32)
-  split = ColdStartSplit(new_item=np.zeros(ds.n_items, bool), train_users=users["train"],
-                         val_users=users.get("val", none),
-                         new_users=np.union1d(users.get("user_cold", none), users.get("user_item_cold", none)),
-                         item_cold_users=users.get("item_cold", none))
+  split = ColdStartSplit(
+    new_item=np.zeros(ds.n_items, bool),
+    train_users=users["train"],
+    val_users=users.get("val", none),
+    new_users=np.union1d(users.get("user_cold", none), users.get("user_item_cold", none)),
+    item_cold_users=users.get("item_cold", none),
+  )
   train = fe["train"]
   tu = np.concatenate([np.full(len(t[1]) + len(t[3]), t[0], np.int32) for t in train])
   ti = np.concatenate([np.concatenate([t[1], t[3]]) for t in train]).astype(np.int32)
   tr = np.concatenate([np.concatenate([t[2], t[4]]) for t in train]).astype(np.float32)
-  return Scenarios(split=split, train=_pack(train, S, Q), val=_pack(fe.get("val", []), S, Q),
-                   test={s: _pack(fe.get(s, []), S, Q) for s in SCENARIOS}, train_ratings=(tu, ti, tr))
+  return Scenarios(
+    split=split,
+    train=_pack(train, S, Q),
+    val=_pack(fe.get("val", []), S, Q),
+    test={s: _pack(fe.get(s, []), S, Q) for s in SCENARIOS},
+    train_ratings=(tu, ti, tr),
+  )
 
 
 def _group_by_user(ds: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
   order = np.lexsort((ds.items, ds.users))
   users, items, ratings = ds.users[order], ds.items[order], ds.ratings[order]
   bounds = np.searchsorted(users, np.arange(ds.n_users + 1))
-  return [(items[bounds[u]:bounds[u + 1]], ratings[bounds[u]:bounds[u + 1]]) for u in range(ds.n_users)]
+  return [(items[bounds[u] : bounds[u + 1]], ratings[bounds[u] : bounds[u + 1]]) for u in range(ds.n_users)]
 
 
 def _pack(tasks, S: int, Q: int) -> Episodes:
   """tasks: (user, support_items, support_ratings, query_items, query_ratings); truncates support to S."""
   T = len(tasks)
   ep = Episodes(
-      user=np.zeros(T, np.int32),
-      support_item=np.zeros((T, S), np.int32), support_rating=np.zeros((T, S), np.float32),
-      support_mask=np.zeros((T, S), bool),
-      query_item=np.zeros((T, Q), np.int32), query_rating=np.zeros((T, Q), np.float32),
-      query_mask=np.zeros((T, Q), bool))
+    user=np.zeros(T, np.int32),
+    support_item=np.zeros((T, S), np.int32),
+    support_rating=np.zeros((T, S), np.float32),
+    support_mask=np.zeros((T, S), bool),
+    query_item=np.zeros((T, Q), np.int32),
+    query_rating=np.zeros((T, Q), np.float32),
+    query_mask=np.zeros((T, Q), bool),
+  )
   for t, (u, si, sr, qi, qr) in enumerate(tasks):
     s, q = min(len(si), S), min(len(qi), Q)
     ep.user[t] = u

@@ -52,6 +52,14 @@ class FitContext:
   # content regression across a validation grid); filled on first use.
   memo: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
+  @classmethod
+  def of(cls, model, fields, n_items: int, train_ratings: tuple, **kw) -> "FitContext":
+    """The context of the (users, items, ratings) arrays of meta-training (`Scenarios.train_ratings`)."""
+    users, items, ratings = train_ratings
+    return cls(
+      model=model, fields=fields, n_items=n_items, train_users=users, train_items=items, train_ratings=ratings, **kw
+    )
+
   @property
   def global_mean(self) -> float:
     return float(self.train_ratings.mean()) if len(self.train_ratings) else 0.0

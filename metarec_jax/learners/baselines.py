@@ -17,6 +17,7 @@ import numpy as np
 
 from metarec_jax.data.features import COOC_FIELD, cooccurrence_tables
 from metarec_jax.learners.base import Batch, FitContext, Learner
+from metarec_jax.learners.registry import FIT, LearnerSpec, register
 
 TRIVIAL = ("global_mean", "item_mean", "support_mean", "popularity", "cooc_knn")
 
@@ -28,8 +29,11 @@ def _means(ctx: FitContext):
   item_mean = np.where(counts > 0, sums / np.maximum(counts, 1), mu)
   positive = ctx.train_ratings > 0.5 if ctx.binary_labels else np.ones(len(ctx.train_ratings), bool)
   pop = np.bincount(ctx.train_items[positive], minlength=ctx.n_items).astype(np.float64)
-  return {"mu": jnp.asarray(mu, jnp.float32), "item_mean": jnp.asarray(item_mean, jnp.float32),
-          "popularity": jnp.asarray(pop / max(pop.max(), 1.0), jnp.float32)}
+  return {
+    "mu": jnp.asarray(mu, jnp.float32),
+    "item_mean": jnp.asarray(item_mean, jnp.float32),
+    "popularity": jnp.asarray(pop / max(pop.max(), 1.0), jnp.float32),
+  }
 
 
 def make_trivial(name: str, dim: int | None = None) -> Learner:
@@ -43,14 +47,22 @@ def make_trivial(name: str, dim: int | None = None) -> Learner:
     params = _means(ctx)
     if name == "cooc_knn":
       if not ctx.binary_labels or (dim is None and COOC_FIELD not in (ctx.tables or {})):
-        raise ValueError("the cooc_knn baseline needs 0/1 labels (implicit feedback or --label=binary) and a width "
-                         "(its `dim` option, or the item/cooc field of --cooc_dim > 0)")
+        raise ValueError(
+          "the cooc_knn baseline needs 0/1 labels (implicit feedback or --label=binary) and a width "
+          "(its `dim` option, or the item/cooc field of --cooc_dim > 0)"
+        )
       if dim is None:
         e = np.asarray(ctx.tables[COOC_FIELD], np.float32)
       else:
         positive = ctx.train_ratings > 0.5
-        e = cooccurrence_tables(ctx.train_users[positive], ctx.train_items[positive], int(ctx.train_users.max()) + 1,
-                                ctx.n_items, dim, folds=0)[COOC_FIELD]  # it never featurises training users
+        e = cooccurrence_tables(
+          ctx.train_users[positive],
+          ctx.train_items[positive],
+          int(ctx.train_users.max()) + 1,
+          ctx.n_items,
+          dim,
+          folds=0,
+        )[COOC_FIELD]  # it never featurises training users
       seen = np.abs(e).sum(1) > 0
       params["cooc"] = jnp.asarray(e)
       params["cooc_mean"] = jnp.asarray(e[seen].mean(0) if seen.any() else np.zeros(e.shape[1], np.float32))
@@ -80,3 +92,29 @@ def make_trivial(name: str, dim: int | None = None) -> Learner:
     return jnp.full(items.shape, state["support_mean"])
 
   return Learner(name=name, family="baseline", init=init, adapt=adapt, predict=predict, meta_loss=None)
+
+
+for _name in TRIVIAL[:-1]:
+  register(
+    LearnerSpec(
+      name=_name,
+      family="baseline",
+      source=FIT,
+      baseline=True,
+      default_baseline=_name in ("global_mean", "item_mean", "support_mean"),
+      build=lambda model, *, dim=None, _name=_name, **_: make_trivial(_name, dim=dim),
+    )
+  )
+# Item neighbours in the co-occurrence embedding: its SVD width chosen on validation AUC.
+register(
+  LearnerSpec(
+    name="cooc_knn",
+    family="baseline",
+    source=FIT,
+    baseline=True,
+    select_metric="auc",
+    grid=tuple({"dim": d} for d in (4, 8, 16, 32, 64)),
+    grid_traced=True,
+    build=lambda model, *, dim=None, **_: make_trivial("cooc_knn", dim=dim),
+  )
+)

@@ -16,8 +16,10 @@ import numpy as np
 
 from metarec_jax.data.features import ITEM_ID_FIELD
 from metarec_jax.learners.base import Batch, FitContext, Learner
+from metarec_jax.learners.registry import FIT, LearnerSpec, register
 
 FOLDIN = ("bias_foldin", "als_foldin")
+_FOLDIN_OPTIONS = ("reg_user", "reg_item", "reg_content", "rank", "reg", "als_iters")
 
 
 def item_design_matrix(ctx: FitContext) -> np.ndarray:
@@ -43,8 +45,9 @@ def ridge(X: np.ndarray, Y: np.ndarray, reg: float) -> np.ndarray:
   return np.linalg.solve(X.T @ X + reg * np.eye(X.shape[1]), X.T @ Y)
 
 
-def content_ridge_predict(ctx: FitContext, known: np.ndarray, Y: np.ndarray, reg: float,
-                          dual: bool | None = None) -> np.ndarray:
+def content_ridge_predict(
+  ctx: FitContext, known: np.ndarray, Y: np.ndarray, reg: float, dual: bool | None = None
+) -> np.ndarray:
   """Ridge regression of the known items' targets Y [n_known, ...] on their content
   features; returns the predictions for every item. With more features than known items
   (10,197 against ~3,400 on ML-1M) it is solved in the dual,
@@ -82,7 +85,7 @@ def fit_biases(ctx: FitContext, reg_user: float, reg_item: float, iters: int = 1
 def _groups(keys: np.ndarray, n: int):
   order = np.argsort(keys, kind="stable")
   bounds = np.searchsorted(keys[order], np.arange(n + 1))
-  return [order[bounds[k]:bounds[k + 1]] for k in range(n)]
+  return [order[bounds[k] : bounds[k + 1]] for k in range(n)]
 
 
 def fit_als(resid, u, i, n_users, n_items, rank, reg, iters, seed):
@@ -103,8 +106,17 @@ def fit_als(resid, u, i, n_users, n_items, rank, reg, iters, seed):
   return P, Q
 
 
-def make_foldin(name: str, *, reg_user: float = 5.0, reg_item: float = 5.0, reg_content: float = 10.0,
-                rank: int = 16, reg: float = 10.0, als_iters: int = 10, seed: int = 0) -> Learner:
+def make_foldin(
+  name: str,
+  *,
+  reg_user: float = 5.0,
+  reg_item: float = 5.0,
+  reg_content: float = 10.0,
+  rank: int = 16,
+  reg: float = 10.0,
+  als_iters: int = 10,
+  seed: int = 0,
+) -> Learner:
   if name not in FOLDIN:
     raise ValueError(f"Unsupported fold-in baseline: {name!r}; choose one of {', '.join(FOLDIN)}")
   use_factors = name == "als_foldin"
@@ -113,8 +125,11 @@ def make_foldin(name: str, *, reg_user: float = 5.0, reg_item: float = 5.0, reg_
     del rng, example
     mu, bu, bi, known = fit_biases(ctx, reg_user, reg_item)
     bi = np.where(known, bi, content_ridge_predict(ctx, known, bi[known], reg_content))
-    params = {"mu": jnp.float32(mu), "item_bias": jnp.asarray(bi, jnp.float32)}
+    # The shrinkages the support solve uses are parameters (traced), so one compiled
+    # prediction serves every point of the validation grid.
+    params = {"mu": jnp.float32(mu), "item_bias": jnp.asarray(bi, jnp.float32), "reg_user": jnp.float32(reg_user)}
     if use_factors:
+      params["reg"] = jnp.float32(reg)
       u, i = ctx.train_users, ctx.train_items
       resid = ctx.train_ratings - mu - bu[u] - bi[i]
       _, Q = fit_als(resid, u, i, len(bu), ctx.n_items, rank, reg, als_iters, seed)
@@ -126,12 +141,13 @@ def make_foldin(name: str, *, reg_user: float = 5.0, reg_item: float = 5.0, reg_
     items, m = support.x["item"], support.mask.astype(jnp.float32)
     resid = (support.y - params["mu"] - params["item_bias"][items]) * m
     if not use_factors:
-      return {"user_bias": resid.sum() / (m.sum() + reg_user)}
+      return {"user_bias": resid.sum() / (m.sum() + params["reg_user"])}
+    k = params["item_factors"].shape[-1]
     phi = jnp.concatenate([params["item_factors"][items], jnp.ones(items.shape + (1,))], axis=-1)
-    penalty = jnp.concatenate([jnp.full((rank,), reg), jnp.array([reg_user])])
+    penalty = jnp.concatenate([jnp.full((k,), params["reg"]), params["reg_user"][None]])
     A = (phi * m[:, None]).T @ phi + jnp.diag(penalty)
     z = jnp.linalg.solve(A, phi.T @ resid)
-    return {"user_factors": z[:rank], "user_bias": z[rank]}
+    return {"user_factors": z[:k], "user_bias": z[k]}
 
   def predict(params, state, x):
     items = x["item"]
@@ -141,3 +157,25 @@ def make_foldin(name: str, *, reg_user: float = 5.0, reg_item: float = 5.0, reg_
     return out
 
   return Learner(name=name, family="baseline", init=init, adapt=adapt, predict=predict, meta_loss=None)
+
+
+GRIDS = {
+  "bias_foldin": tuple({"reg_user": ru, "reg_item": ri} for ru in (1.0, 3.0, 10.0) for ri in (3.0, 10.0, 30.0)),
+  "als_foldin": tuple({"rank": k, "reg": r} for k in (8, 24) for r in (3.0, 10.0, 30.0)),
+}
+for _name in FOLDIN:
+  register(
+    LearnerSpec(
+      name=_name,
+      family="baseline",
+      source=FIT,
+      grid=GRIDS[_name],
+      grid_traced=True,
+      baseline=True,
+      default_baseline=True,
+      stack_base=True,
+      build=lambda model, *, seed=0, _name=_name, **options: make_foldin(
+        _name, seed=seed, **{k: v for k, v in options.items() if k in _FOLDIN_OPTIONS}
+      ),
+    )
+  )

@@ -19,6 +19,7 @@ from flax import traverse_util
 
 from metarec_jax.data.schema import FieldSpec
 from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, concat_batches, loss_and_link
+from metarec_jax.learners.registry import POOLED, REUSE, LearnerSpec, register
 from metarec_jax.models.content import EMBED_SCOPE, param_name
 
 ADAPT_MODES = ("head", "last", "all")
@@ -42,8 +43,9 @@ def adapt_mask(params: Any, mode: str, head_scopes: tuple[str, ...] | None = Non
   rule = {"all": lambda p: True, "head": head, "last": lambda p: OUTPUT_SCOPE in p}[mode]
   mask = {p: rule(p) for p in flat}
   if mode == "last" and not any(mask.values()):
-    raise ValueError("adapt=last adapts the output layer 'out', which this model does not have; "
-                     "use --adapt=head or --adapt=all")
+    raise ValueError(
+      "adapt=last adapts the output layer 'out', which this model does not have; use --adapt=head or --adapt=all"
+    )
   return traverse_util.unflatten_dict(mask)
 
 
@@ -90,9 +92,19 @@ def _local_ids(uniq, ids):
 OBJECTIVES = ("maml", "reptile", "pooled")
 
 
-def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, inner_steps: int,
-                          first_order: bool = False, adapt: str = "head", learn_inner_lr: bool = False,
-                          loss: str = "mse") -> Learner:
+def make_gradient_learner(
+  model,
+  *,
+  name: str,
+  objective: str,
+  inner_lr: float,
+  inner_steps: int,
+  first_order: bool = False,
+  adapt: str = "head",
+  learn_inner_lr: bool = False,
+  loss: str = "mse",
+  traced_steps: bool = False,
+) -> Learner:
   """Gradient-based learners sharing one inner loop.
 
   objective "maml": the query loss after adaptation, differentiated through the inner loop
@@ -101,7 +113,10 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
   "pooled": all ratings without adaptation (inner steps then apply at evaluation only, which
   is fine-tuning). `learn_inner_lr` (Meta-SGD) meta-learns one inner learning rate per
   adapted parameter entry, initialised at `inner_lr`. `loss` ("mse" or "bce" on logits) is
-  used in the inner loop and the outer objective alike.
+  used in the inner loop and the outer objective alike. `traced_steps` (fine-tuning, which is
+  never differentiated through its inner loop) reads the step size and count from
+  `meta["adapt_options"]` when present (`with_adapt_options`), so one compiled prediction serves
+  every point of a validation grid.
   """
   task_loss_fn, link = loss_and_link(loss)
   if objective not in OBJECTIVES:
@@ -118,7 +133,9 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
     meta = {"model": model.init(rng, x)}
     if learn_inner_lr:
       _, fast = split(meta["model"])
-      meta["inner_lr"] = traverse_util.unflatten_dict({p: jnp.full(v.shape, inner_lr, v.dtype) for p, v in fast.items()})
+      meta["inner_lr"] = traverse_util.unflatten_dict(
+        {p: jnp.full(v.shape, inner_lr, v.dtype) for p, v in fast.items()}
+      )
     return meta
 
   def split(params):
@@ -129,10 +146,12 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
 
   def adapt_fn(meta, support: Batch):
     flat, fast = split(meta["model"])
+    traced = traced_steps and "adapt_options" in meta
     if learn_inner_lr:
       lrs = {p: jnp.asarray(v) for p, v in traverse_util.flatten_dict(meta["inner_lr"]).items()}
     else:
-      lrs = {p: inner_lr for p in fast}
+      lr = meta["adapt_options"]["inner_lr"] if traced else inner_lr
+      lrs = {p: lr for p in fast}
     local = _localized_fields(model, adapt, support.x)
     x = dict(support.x)
     uniq = {}
@@ -157,7 +176,9 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
         g = jax.lax.stop_gradient(g)
       return {p: f[p] - lrs[p] * g[p] for p in f}, None
 
-    if inner_steps:
+    if traced:
+      fast = jax.lax.fori_loop(0, meta["adapt_options"]["inner_steps"], lambda _, f: step(f, None)[0], fast)
+    elif inner_steps:
       fast, _ = jax.lax.scan(step, fast, None, length=inner_steps, unroll=True)
     return {"fast": fast, "uniq": uniq}
 
@@ -207,5 +228,86 @@ def make_gradient_learner(model, *, name: str, objective: str, inner_lr: float, 
     return loss, {"loss": loss}
 
   family = "baseline" if objective == "pooled" else "optimisation"
-  return Learner(name=name, family=family, init=init, adapt=adapt_fn, predict=predict, meta_loss=meta_loss,
-                 link=link)
+  return Learner(name=name, family=family, init=init, adapt=adapt_fn, predict=predict, meta_loss=meta_loss, link=link)
+
+
+def copy_network(params, pooled):
+  """--init=pooled for gradient learners: the whole pooled network (extra meta-parameters
+  such as Meta-SGD's rates stay as initialised)."""
+  return {**params, "model": jax.tree.map(jnp.copy, pooled["model"])}
+
+
+def _gradient_spec(name: str, objective: str, reference: str | None = None, **fixed) -> LearnerSpec:
+  def build(model, *, inner_lr=0.1, inner_steps=1, adapt="head", first_order=False, loss="mse", **_):
+    opts = dict(inner_lr=inner_lr, inner_steps=inner_steps, adapt=adapt, first_order=first_order, loss=loss)
+    opts.update(fixed)
+    return make_gradient_learner(model, name=name, objective=objective, **opts)
+
+  return LearnerSpec(
+    name=name,
+    family="optimisation",
+    build=build,
+    warm_start=copy_network,
+    inner_loop=True,
+    meta_learner=True,
+    first_order=fixed.get("first_order", False),
+    reference=reference,
+  )
+
+
+# anil: MeLU's local update, the decision layers only (--adapt=last adapts the output layer only).
+# The PyTorch reference (metarec_jax/torch_reference.py) implements MAML's objective with a fixed inner rate.
+for _spec in (
+  _gradient_spec("maml", "maml", "torch_maml"),
+  _gradient_spec("fomaml", "maml", "torch_maml", first_order=True),
+  _gradient_spec("metasgd", "maml", learn_inner_lr=True),
+  _gradient_spec("anil", "maml", "torch_maml", adapt="head"),
+  _gradient_spec("reptile", "reptile"),
+):
+  register(_spec)
+
+register(
+  LearnerSpec(
+    name=POOLED,
+    family="baseline",
+    baseline=True,
+    default_baseline=True,
+    build=lambda model, *, adapt="head", loss="mse", **_: make_gradient_learner(
+      model, name=POOLED, objective="pooled", inner_lr=0.0, inner_steps=0, adapt=adapt, loss=loss
+    ),
+  )
+)
+
+
+def with_adapt_options(params, options: dict):
+  """Fine-tuning's step size and count as traced parameters (see `traced_steps`)."""
+  return {
+    **params,
+    "adapt_options": {"inner_lr": jnp.float32(options["inner_lr"]), "inner_steps": jnp.int32(options["inner_steps"])},
+  }
+
+
+# The pooled network + SGD on the support, its step size and count chosen on validation.
+register(
+  LearnerSpec(
+    name="finetune",
+    family="baseline",
+    baseline=True,
+    default_baseline=True,
+    source=REUSE,
+    params_from=POOLED,
+    grid=tuple({"inner_lr": lr, "inner_steps": steps} for lr in (0.003, 0.01, 0.03, 0.1, 0.3) for steps in (1, 5)),
+    grid_traced=True,
+    attach=with_adapt_options,
+    build=lambda model, *, inner_lr=0.1, inner_steps=1, adapt="head", loss="mse", **_: make_gradient_learner(
+      model,
+      name="finetune",
+      objective="pooled",
+      inner_lr=inner_lr,
+      inner_steps=inner_steps,
+      adapt=adapt,
+      loss=loss,
+      traced_steps=True,
+    ),
+  )
+)

@@ -36,8 +36,9 @@ def fold_context(ctx: FitContext, fold: int, folds: int) -> FitContext:
   """The training context without the ratings of users in `fold` (user id mod `folds`).
   Shares `ctx.memo`: the memoised matrices are keyed by what they depend on."""
   keep = (ctx.train_users % folds) != fold
-  return dataclasses.replace(ctx, train_users=ctx.train_users[keep], train_items=ctx.train_items[keep],
-                             train_ratings=ctx.train_ratings[keep])
+  return dataclasses.replace(
+    ctx, train_users=ctx.train_users[keep], train_items=ctx.train_items[keep], train_ratings=ctx.train_ratings[keep]
+  )
 
 
 def make_stacked(learner: Learner, base: Learner, *, folds: int = 5) -> Learner:
@@ -48,8 +49,10 @@ def make_stacked(learner: Learner, base: Learner, *, folds: int = 5) -> Learner:
   if learner.meta_loss is None:
     raise ValueError(f"{learner.name} has nothing to meta-train; stacking it on {base.name} adds nothing")
   if learner.link != "identity":
-    raise ValueError(f"--base={base.name} needs squared-error labels (--label=rating or scaled); {learner.name} "
-                     "outputs logits for binary labels, and a residual of a 0/1 label is not a label")
+    raise ValueError(
+      f"--base={base.name} needs squared-error labels (--label=rating or scaled); {learner.name} "
+      "outputs logits for binary labels, and a residual of a 0/1 label is not a label"
+    )
   if folds < 2:
     raise ValueError(f"base_folds must be >= 2, got {folds}")
 
@@ -82,13 +85,19 @@ def make_stacked(learner: Learner, base: Learner, *, folds: int = 5) -> Learner:
     """[task]-batched: each task's base is the fit without its user's fold."""
     base_params = jax.lax.stop_gradient(params[BASE_KEY])
     fold = episodes.support.x["user"][:, 0] % folds
-    s_fit, q_fit = jax.vmap(base_fit, in_axes=(None, 0, 0, 0))(base_params, fold, episodes.support,
-                                                                  episodes.query.x)
+    s_fit, q_fit = jax.vmap(base_fit, in_axes=(None, 0, 0, 0))(base_params, fold, episodes.support, episodes.query.x)
     resid = Episode(residual(episodes.support, s_fit), residual(episodes.query, q_fit))
     return learner.meta_loss(params["learner"], resid, rng)
 
-  return Learner(name=learner.name, family=learner.family, init=init, adapt=adapt, predict=predict,
-                 meta_loss=meta_loss, link=learner.link)
+  return Learner(
+    name=learner.name,
+    family=learner.family,
+    init=init,
+    adapt=adapt,
+    predict=predict,
+    meta_loss=meta_loss,
+    link=learner.link,
+  )
 
 
 def residual_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
@@ -102,7 +111,7 @@ def frozen_mask(params) -> dict | None:
   (None when `params` has no base)."""
   if not isinstance(params, dict) or BASE_KEY not in params:
     return None
-  return {k: jax.tree.map(lambda _: "frozen" if k == BASE_KEY else "train", v) for k, v in params.items()}
+  return {k: jax.tree.map(lambda _: "frozen" if k == BASE_KEY else "train", v) for k, v in params.items()}  # noqa: B023
 
 
 def unwrap(params):

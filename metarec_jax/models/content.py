@@ -108,17 +108,37 @@ class ContentModel(nn.Module):
     return out[..., 0] + bias
 
 
-def create_model(name: str, *, fields: tuple[FieldSpec, ...], embed_dim: int = 32,
-                 hidden: Sequence[int] = (64, 64), output_bias: float = 0.0, linear: bool = False, rank: int = 32,
-                 alpha: float | None = None, adapt_alpha: bool = False) -> nn.Module:
+def create_model(
+  name: str,
+  *,
+  fields: tuple[FieldSpec, ...],
+  embed_dim: int = 32,
+  hidden: Sequence[int] = (64, 64),
+  output_bias: float = 0.0,
+  linear: bool = False,
+  rank: int = 32,
+  alpha: float | None = None,
+  adapt_alpha: bool = False,
+) -> nn.Module:
   """content (MeLU-style), cf (factorisation, user vector adapted) or hybrid (their mix)."""
   if name == "content":
-    return ContentModel(fields=tuple(fields), embed_dim=embed_dim, hidden=tuple(hidden), output_bias=output_bias,
-                        linear=linear)
+    return ContentModel(
+      fields=tuple(fields), embed_dim=embed_dim, hidden=tuple(hidden), output_bias=output_bias, linear=linear
+    )
   if name in ("cf", "hybrid"):
     from metarec_jax.models.factor import FactorModel
+
     if alpha is not None and not 0.0 <= alpha <= 1.0:
       raise ValueError(f"hybrid alpha must be in [0, 1] (or unset: learned), got {alpha}")
-    return FactorModel(fields=tuple(fields), kind=name, embed_dim=embed_dim, rank=rank, hidden=tuple(hidden),
-                       output_bias=output_bias, linear=linear, alpha=alpha, adapt_alpha=adapt_alpha)
+    return FactorModel(
+      fields=tuple(fields),
+      kind=name,
+      embed_dim=embed_dim,
+      rank=rank,
+      hidden=tuple(hidden),
+      output_bias=output_bias,
+      linear=linear,
+      alpha=alpha,
+      adapt_alpha=adapt_alpha,
+    )
   raise ValueError(f"Unsupported model: {name!r}; choose one of {', '.join(MODELS)}")

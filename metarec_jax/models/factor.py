@@ -90,7 +90,7 @@ class FactorModel(nn.Module):
 
     def part(user: bool):
       idx = [i for i, s in enumerate(self.fields) if s.name.startswith("user/") == user]
-      return jnp.concatenate([h[..., i * d:(i + 1) * d] for i in idx], -1) if idx else None
+      return jnp.concatenate([h[..., i * d : (i + 1) * d] for i in idx], -1) if idx else None
 
     items, users = part(False), part(True)
     if items is None:

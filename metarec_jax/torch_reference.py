@@ -36,8 +36,19 @@ class TorchMAML:
   whole embedding tables included, as the reference code does.
   """
 
-  def __init__(self, model, flax_params, tables: dict, episodes: dict, *, inner_lr: float, inner_steps: int,
-               first_order: bool, adapt: str, outer_lr: float = 1e-3):
+  def __init__(
+    self,
+    model,
+    flax_params,
+    tables: dict,
+    episodes: dict,
+    *,
+    inner_lr: float,
+    inner_steps: int,
+    first_order: bool,
+    adapt: str,
+    outer_lr: float = 1e-3,
+  ):
     if torch is None:
       raise ImportError("torch is not installed; pip install -e .[bench]")
     if getattr(model, "linear", False):
@@ -99,9 +110,12 @@ class TorchMAML:
     qx = self.featurize(ep["user"], ep["query_item"])
     losses = []
     for t in range(len(idx)):  # one task at a time, as the reference code does
-      pick = lambda x: {k: v[t] for k, v in x.items()}  # noqa: E731
-      losses.append(self.task_loss(pick(sx), ep["support_rating"][t], ep["support_mask"][t],
-                                   pick(qx), ep["query_rating"][t], ep["query_mask"][t]))
+      pick = lambda x: {k: v[t] for k, v in x.items()}  # noqa: E731, B023
+      losses.append(
+        self.task_loss(
+          pick(sx), ep["support_rating"][t], ep["support_mask"][t], pick(qx), ep["query_rating"][t], ep["query_mask"][t]
+        )
+      )
     return torch.stack(losses).mean()
 
   def meta_grads(self, idx) -> dict[str, np.ndarray]:
@@ -125,3 +139,48 @@ def max_grad_diff(torch_grads: dict[str, np.ndarray], jax_grads) -> tuple[float,
   diff = max(float(np.abs(torch_grads[k] - flat[k]).max()) for k in flat)
   scale = max(float(np.abs(flat[k]).max()) for k in flat)
   return diff, scale
+
+
+def torch_baseline(o, learner, model, params0, shapes, data, order_np, spec) -> dict:
+  """The benchmark's reference-style row: the meta-gradient checked against ours, then the
+  PyTorch per-task loop timed (`o` holds the benchmark's options)."""
+  import jax
+  import numpy as np
+
+  from metarec_jax import bench
+  from metarec_jax.learners import get_spec
+  from metarec_jax.data.episodes import featurize_episodes
+
+  if not available():
+    return {"skipped": "torch is not installed (pip install -e .[bench])"}
+  if get_spec(spec["learner"]).reference != "torch_maml":
+    return {"skipped": f"no torch reference for {spec['learner']}"}
+  import torch
+
+  ref = TorchMAML(
+    model,
+    params0["model"],
+    shapes.tables,
+    shapes.episodes.arrays(),
+    inner_lr=o.inner_lr,
+    inner_steps=spec["inner_steps"],
+    first_order=bool(spec["first_order"]),
+    adapt=spec["adapt"],
+  )
+  # Same meta-gradient first (fresh parameters, the first tasks).
+  k = o.grad_check_tasks
+  ep = featurize_episodes(data["tables"], jax.tree.map(lambda a: a[:k], data["episodes"]))
+  g_jax = jax.jit(jax.grad(lambda p: learner.meta_loss(p, ep, None)[0]))(jax.tree.map(np.asarray, params0))
+  diff, scale = max_grad_diff(ref.meta_grads(np.arange(k)), g_jax["model"])
+  res = {
+    "grad_check": {"tasks": k, "max_abs_diff": diff, "max_abs_grad": scale, "ok": diff <= 1e-5 * max(1.0, scale)},
+    "threads": torch.get_num_threads(),
+    "version": torch.__version__,
+  }
+  if not res["grad_check"]["ok"]:
+    raise AssertionError(f"torch and JAX meta-gradients differ by {diff:.3g} (max |grad| {scale:.3g})")
+  rows = [torch.from_numpy(order_np[i % len(order_np)].copy()).long() for i in range(o.baseline_steps + 2)]
+  it = iter(rows)
+  _, first, times = bench.time_loop(lambda _: ref.step(next(it)), None, warmup=1, steps=o.baseline_steps)
+  res.update({"first_call_s": first, "step": bench.summarise(times)})
+  return res

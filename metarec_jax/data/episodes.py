@@ -1,0 +1,87 @@
+"""Episodes on the device: featurise padded index arrays, re-draw support/query splits,
+hide item ids, and upload a split once."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metarec_jax.data.features import ITEM_ID_FIELD, featurize, leave_own_out, support_cooc
+from metarec_jax.data.tasks import Episodes
+from metarec_jax.learners.base import Batch, Episode
+
+
+def featurize_episodes(tables: dict, ep: dict) -> Episode:
+  """Padded index arrays ([task, S] / [task, Q]) -> featurised Episode."""
+  sx = leave_own_out(
+    tables,
+    featurize(tables, ep["user"], ep["support_item"]),
+    ep["user"],
+    ep["support_item"],
+    ep["support_rating"],
+    ep["support_mask"],
+  )
+  qx = leave_own_out(
+    tables,
+    featurize(tables, ep["user"], ep["query_item"]),
+    ep["user"],
+    ep["query_item"],
+    ep["query_rating"],
+    ep["query_mask"],
+  )
+  sx, qx = support_cooc(tables, ep, sx, qx)
+  return Episode(Batch(sx, ep["support_rating"], ep["support_mask"]), Batch(qx, ep["query_rating"], ep["query_mask"]))
+
+
+def drop_item_ids(rng, episode: Episode, rate: float) -> Episode:
+  """Replaces item ids by the unknown id with probability `rate` (cold-item training)."""
+
+  def drop(key, batch):
+    ids = batch.x[ITEM_ID_FIELD]
+    x = dict(batch.x)
+    x[ITEM_ID_FIELD] = jnp.where(jax.random.bernoulli(key, rate, ids.shape), 0, ids)
+    return batch._replace(x=x)
+
+  k1, k2 = jax.random.split(rng)
+  return Episode(drop(k1, episode.support), drop(k2, episode.query))
+
+
+def redraw_support_query(rng, ep: dict) -> dict:
+  """Re-splits each task's ratings into a fresh random query (of the task's own query size)
+  and support.
+
+  Fixed shapes: the pooled [task, Q + S] ratings are ordered by random keys (padding
+  last); the first n_q (the task's query count) become the query, the next the support.
+  """
+  Q, S = ep["query_item"].shape[1], ep["support_item"].shape[1]
+  n_q = ep["query_mask"].sum(1, keepdims=True)
+  pool = {k: jnp.concatenate([ep[f"query_{k}"], ep[f"support_{k}"]], axis=1) for k in ("item", "rating", "mask")}
+  keys = jnp.where(pool["mask"], jax.random.uniform(rng, pool["mask"].shape), 2.0)
+  order = jnp.argsort(keys, axis=1)
+  pool = {k: jnp.take_along_axis(v, order, axis=1) for k, v in pool.items()}
+  in_query = jnp.arange(Q)[None, :] < n_q
+  support_idx = jnp.minimum(n_q + jnp.arange(S)[None, :], Q + S - 1)
+  in_support = (n_q + jnp.arange(S)[None, :]) < Q + S
+  out = dict(ep)
+  for k, v in pool.items():
+    q, sup = v[:, :Q], jnp.take_along_axis(v, support_idx, axis=1)
+    if k == "mask":
+      q, sup = q & in_query, sup & in_support
+    out[f"query_{k}"], out[f"support_{k}"] = q, sup
+  return out
+
+
+def device_episodes(episodes: Episodes, chunk: int) -> dict:
+  """The episodes padded to a multiple of `chunk` tasks (repeating the first ones), on the device."""
+  n_chunks = -(-len(episodes) // chunk)
+  idx = np.arange(n_chunks * chunk) % len(episodes)
+  return {k: jnp.asarray(v[idx]) for k, v in episodes.arrays().items()}
+
+
+def device_data(episodes: Episodes, tables: dict) -> dict:
+  """{"episodes", "tables"} as device arrays: what the train step reads."""
+  return {
+    "episodes": {k: jnp.asarray(v) for k, v in episodes.arrays().items()},
+    "tables": {k: jnp.asarray(v) for k, v in tables.items()},
+  }

@@ -1,0 +1,95 @@
+"""Evaluation: a jitted, vmapped predict per learner, chunked over tasks (one compile serves
+every chunk), masked metrics, and an `Evaluator` that uploads each split to the device once."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metarec_jax.data.episodes import device_episodes, featurize_episodes
+from metarec_jax.data.tasks import Episodes
+from metarec_jax.labels import LINKS, LabelSpec
+from metarec_jax.learners import Learner
+
+
+def make_predict_fn(learner: Learner) -> Callable:
+  """predict(params, tables, episodes) -> [task, Q] query predictions in label space (through
+  the learner's link: probabilities for binary labels), vmapped and jitted. Every option that
+  reaches it through `params` is traced, so one function serves a whole validation grid."""
+
+  link = LINKS[learner.link]
+
+  def run(params, tables, ep):
+    episode = featurize_episodes(tables, ep)
+
+    def one(support, qx):
+      return link(learner.predict(params, learner.adapt(params, support), qx))
+
+    return jax.vmap(one)(episode.support, episode.query.x)
+
+  return jax.jit(run)
+
+
+def predict_episodes(
+  predict_fn, params, tables, episodes: Episodes, chunk: int, arrays: dict | None = None
+) -> np.ndarray:
+  """Predicts every task in fixed-size chunks (padding the last), so one compile serves all.
+
+  The padded episodes go to the device once (pass `arrays` from `device_episodes` to reuse
+  them across calls); each chunk is a device-side slice.
+  """
+  T = len(episodes)
+  if T == 0:
+    return np.zeros((0, episodes.query_item.shape[1]), np.float32)
+  if arrays is None:
+    arrays = device_episodes(episodes, chunk)
+  outs = [
+    predict_fn(params, tables, {k: v[c * chunk : (c + 1) * chunk] for k, v in arrays.items()})
+    for c in range(-(-T // chunk))
+  ]
+  return np.asarray(jnp.concatenate(outs))[:T]
+
+
+def score(pred: np.ndarray, episodes: Episodes, ks=(1, 3, 5), label: LabelSpec | None = None) -> dict[str, float]:
+  """Query metrics of [task, Q] label-space predictions (labels.LabelSpec.score; default:
+  ratings on the 1-5 scale, errors of predictions clipped to it)."""
+  if len(episodes) == 0:
+    return {"n_tasks": 0}
+  label = label or LabelSpec()
+  m = label.score(jnp.asarray(pred), jnp.asarray(episodes.query_rating), jnp.asarray(episodes.query_mask), ks=ks)
+  out = {k: float(v) for k, v in m.items()}
+  out["n_tasks"] = len(episodes)
+  return out
+
+
+class Evaluator:
+  """Scores learners on a run's splits. Each split (and each few-shot cap of one) goes to
+  the device once per run; each learner's predict function is built once."""
+
+  def __init__(self, tables: dict, *, chunk: int, ks=(1, 3, 5), label: LabelSpec | None = None):
+    self.tables, self.chunk, self.ks, self.label = tables, chunk, tuple(ks), label
+    self._arrays: dict = {}
+    self._fns: dict = {}
+
+  def predict_fn(self, learner: Learner) -> Callable:
+    if id(learner) not in self._fns:
+      self._fns[id(learner)] = (learner, make_predict_fn(learner))  # the learner kept alive with its id
+    return self._fns[id(learner)][1]
+
+  def predict(self, learner_or_fn, params, key, episodes: Episodes) -> np.ndarray:
+    """[task, Q] predictions on `episodes`, cached on the device under `key`."""
+    fn = (
+      learner_or_fn
+      if callable(learner_or_fn) and not isinstance(learner_or_fn, Learner)
+      else self.predict_fn(learner_or_fn)
+    )
+    if len(episodes) and key not in self._arrays:
+      self._arrays[key] = device_episodes(episodes, self.chunk)
+    return predict_episodes(fn, params, self.tables, episodes, self.chunk, self._arrays.get(key))
+
+  def score(self, learner_or_fn, params, key, episodes: Episodes, *, ks=None) -> dict[str, float]:
+    pred = self.predict(learner_or_fn, params, key, episodes)
+    return score(pred, episodes, self.ks if ks is None else ks, self.label)

@@ -1,0 +1,236 @@
+"""train_and_evaluate: the learner under study and the baselines on the same splits, options
+chosen on validation, and the final metrics. Results (`final_metrics.json`, schema
+`FinalMetrics`) are kept apart from timings (`timing.json`), so the results of two runs
+with the same seed and flags are byte-identical."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import TypedDict
+
+import numpy as np
+from absl import logging
+
+from metarec_jax import writers
+from metarec_jax.checkpoint import FitCheckpoints, checkpoint_dir
+from metarec_jax.config import Config, check_resumable
+from metarec_jax.data.tasks import SCENARIOS
+from metarec_jax.evaluate import score
+from metarec_jax.learners import POOLED, REUSE, TRAIN, get_spec, warm_start
+from metarec_jax.setup import Setup, build_setup
+from metarec_jax.training.loop import fit
+
+FINAL_METRICS = "final_metrics.json"
+TIMING = "timing.json"
+
+
+class FinalMetrics(TypedDict):
+  """final_metrics.json. Metrics dicts map a metric name (mae, rmse, ndcg@k, auc, logloss,
+  ..., n_tasks) to its value."""
+
+  dataset: dict  # name, n_users, n_items, n_ratings, n_train_tasks, n_val_tasks, n_test_tasks, n_new_items[, protocol]
+  learner: str
+  base: dict | None  # --base: {"name", "selected", "val/<criterion>", "folds"} of the fold-in stacked on
+  families: dict[str, str]  # every evaluated learner -> its family
+  results: dict[str, dict[str, dict]]  # learner -> scenario -> metrics
+  # Gradient learners: learner -> scenario -> {"mean_abs_change", "<criterion>_without_adaptation"}
+  adaptation: dict[str, dict]
+  few_shot: dict[str, dict]  # scenario -> learner -> support size k -> metrics
+  # learner -> {"best_epoch", "best_val/<criterion>", "epochs_run", "steps"} for trained ones,
+  # {"selected", "val/<criterion>"} for those with a validation grid
+  training: dict[str, dict]
+
+
+class Timing(TypedDict):
+  """timing.json: seconds (and meta-training throughput); differs between identical runs."""
+
+  data_s: float
+  total_s: float
+  learners: dict[
+    str, float
+  ]  # wall time of each row: its fits (the first to need the pooled network fits it), evaluation
+  training: dict[str, dict]  # trained learner -> {"train_time_s", "tasks_per_s"}
+
+
+def _fresh_workdir(config: Config, workdir: str, resume: bool) -> None:
+  if resume:
+    if not config.checkpoints:
+      raise ValueError("--resume needs checkpoints (--checkpoints)")
+    check_resumable(config, workdir)
+  elif config.checkpoints:
+    earlier = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(earlier) and os.listdir(earlier):
+      # A fresh run must not mix its checkpoints with an earlier run's (saving skips a step that
+      # exists, and the best step could restore the earlier run's parameters).
+      raise ValueError(
+        f"{earlier}: holds checkpoints of an earlier run; continue it with --resume, or use a new "
+        "--workdir (or --out), or delete that folder"
+      )
+
+
+class _Run:
+  """One run's fits and evaluations (the state `train_and_evaluate` threads through)."""
+
+  def __init__(self, st: Setup, workdir: str, log, resume: bool, exit_at_step: int | None):
+    self.st, self.workdir, self.log, self.resume, self.exit_at_step = st, workdir, log, resume, exit_at_step
+    self.trained, self.training, self.train_timing, self.results, self.families = {}, {}, {}, {}, {}
+    self.few_shot, self.timing = {}, {}
+
+  def fit(self, name: str, learner, *, exit_at_step=None):
+    """The trained params of `learner` (registered as `name`), fitted once per run."""
+    if name not in self.trained:
+      st, c = self.st, self.st.config
+      spec = get_spec(name)
+      params = st.init_params(learner)
+      if c.init == "pooled" and spec.warm_start is not None:
+        params = warm_start(name, params, self.fit(POOLED, st.make(POOLED)))
+      ckpt = (
+        FitCheckpoints(checkpoint_dir(self.workdir, learner.name), keep=c.keep_checkpoints, every=c.checkpoint_every)
+        if c.checkpoints
+        else None
+      )
+      params, info = fit(
+        learner,
+        params,
+        st.data,
+        c,
+        n_tasks=len(st.scen.train),
+        val_score=(lambda p: st.val_score(learner, p)) if len(st.scen.val) else None,
+        select=st.scen.label.select_metric,
+        log=self.log,
+        ckpt=ckpt,
+        resume=self.resume,
+        exit_at_step=exit_at_step,
+      )
+      self.trained[name] = params
+      self.training[name] = {k: v for k, v in info.items() if k not in ("train_time_s", "tasks_per_s")}
+      self.train_timing[name] = {"train_time_s": info["train_time_s"], "tasks_per_s": info["tasks_per_s"]}
+    return self.trained[name]
+
+  def params_for(self, name: str, learner, **kw):
+    spec = get_spec(name)
+    if spec.source == TRAIN:
+      return self.fit(name, learner, **kw)
+    if spec.source == REUSE:
+      return self.fit(spec.params_from, self.st.make(spec.params_from))
+    return self.st.init_params(learner)
+
+  def evaluate(self, learner, params, fn=None, few_shot_curve=True):
+    st, c = self.st, self.st.config
+    ev, scen = st.evaluator, st.scen
+    fn = fn or ev.predict_fn(learner)
+    self.families[learner.name] = learner.family
+    preds = {s: ev.predict(fn, params, ("test", s), scen.test[s]) for s in SCENARIOS}
+    if c.few_shot_ks and few_shot_curve:
+      for s in c.few_shot_scenarios:
+        curve = self.few_shot.setdefault(s, {}).setdefault(learner.name, {})
+        for k in c.few_shot_ks:
+          curve[str(k)] = ev.score(fn, params, ("few_shot", s, k), scen.test[s].cap_support(k))
+    return preds, {s: score(preds[s], scen.test[s], c.ndcg_ks, scen.label) for s in SCENARIOS}
+
+
+def train_and_evaluate(
+  config: Config, workdir: str, *, resume: bool = False, exit_at_step: int | None = None
+) -> FinalMetrics:
+  """Loads data, meta-trains the learner and the baselines, evaluates the four scenarios;
+  writes config.json, metrics.jsonl, final_metrics.json and timing.json into `workdir`.
+
+  With `config.checkpoints`, every fit (the pooled network and the learner) is checkpointed
+  under <workdir>/checkpoints/<name>; `resume` continues each from its latest checkpoint.
+  """
+  config.validate()
+  t_start = time.perf_counter()
+  _fresh_workdir(config, workdir, resume)
+  os.makedirs(workdir, exist_ok=True)
+  writers.write_json_atomic(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
+  st = build_setup(config)
+  ds, scen = st.ds, st.scen
+  if ds.protocol_report:
+    logging.info("%s protocol checks: %s", ds.name, json.dumps(ds.protocol_report, sort_keys=True))
+  logging.info(
+    "%s tasks: train %d, validation %d, test %s",
+    ds.name,
+    len(scen.train),
+    len(scen.val),
+    {s: len(e) for s, e in scen.test.items()},
+  )
+  run = _Run(st, workdir, writers.MetricsLog(workdir, append=resume), resume, exit_at_step)
+  data_s = time.perf_counter() - t_start
+  criterion = scen.label.select_metric
+
+  # The learner under study.
+  spec = get_spec(config.learner)
+  learner = st.make(config.learner)
+  t0 = time.perf_counter()
+  if spec.grid:
+    pick = st.select(config.learner, lambda b: run.params_for(config.learner, b))
+    learner, params = pick["learner"], pick["params"]
+    run.training[config.learner] = {"selected": pick["options"], f"val/{pick['metric']}": pick["val"]}
+  else:
+    params = run.params_for(config.learner, learner, exit_at_step=exit_at_step)
+  preds, run.results[learner.name] = run.evaluate(learner, params)
+  run.timing[config.learner] = time.perf_counter() - t0  # with the pooled network's fit when it warm-starts
+  base_info = None
+  if config.base:  # which fit of the base the stacked learners predict the residual of
+    base = st.select(config.base)
+    base_info = {
+      "name": config.base,
+      "selected": base["options"],
+      f"val/{base['metric']}": base["val"],
+      "folds": config.base_folds,
+    }
+  adaptation = {}
+  if spec.inner_loop and config.inner_steps > 0:
+    frozen = st.make(config.learner, inner_steps=0)
+    preds0, res0 = run.evaluate(frozen, params, few_shot_curve=False)
+    for s in SCENARIOS:
+      m = scen.test[s].query_mask
+      delta = float(np.abs(preds[s] - preds0[s])[m].mean()) if m.any() else None
+      adaptation[s] = {"mean_abs_change": delta, f"{criterion}_without_adaptation": res0[s].get(criterion)}
+
+  # Baselines on the same splits.
+  for name in config.baselines:
+    if name == config.learner:
+      continue
+    t0 = time.perf_counter()
+    if get_spec(name).grid:  # options chosen on validation
+      best = st.select(name, lambda b, name=name: run.params_for(name, b))
+      run.training[name] = {"selected": best["options"], f"val/{best['metric']}": best["val"]}
+      _, run.results[name] = run.evaluate(best["learner"], best["params"], best["predict_fn"])
+    else:
+      b = st.make(name)
+      _, run.results[name] = run.evaluate(b, run.params_for(name, b))
+    run.timing[name] = time.perf_counter() - t0
+
+  final: FinalMetrics = {
+    "dataset": {
+      "name": ds.name,
+      "n_users": ds.n_users,
+      "n_items": ds.n_items,
+      "n_ratings": ds.n_ratings,
+      "n_train_tasks": len(scen.train),
+      "n_val_tasks": len(scen.val),
+      "n_test_tasks": {s: len(scen.test[s]) for s in SCENARIOS},
+      "n_new_items": int(scen.split.new_item.sum()),
+      **({"protocol": ds.protocol_report} if ds.protocol_report else {}),
+    },
+    "learner": config.learner,
+    "base": base_info,
+    "families": run.families,
+    "results": run.results,
+    "adaptation": adaptation,
+    "few_shot": run.few_shot,
+    "training": run.training,
+  }
+  timing: Timing = {
+    "data_s": data_s,
+    "total_s": time.perf_counter() - t_start,
+    "learners": run.timing,
+    "training": run.train_timing,
+  }
+  writers.write_json_atomic(os.path.join(workdir, FINAL_METRICS), final)
+  writers.write_json_atomic(os.path.join(workdir, TIMING), timing)
+  return final

@@ -1,0 +1,239 @@
+"""The fit loop: epochs of `run_epoch`, early stopping on the validation criterion, the NaN
+guard, and checkpoints of the one `FitState` (resume restores it and reaches the same result)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from metarec_jax import runtime, writers
+from metarec_jax.checkpoint import FitCheckpoints
+from metarec_jax.learners import Learner
+from metarec_jax.learners.stacked import frozen_mask
+from metarec_jax.training.state import FitState, Progress, create_train_state
+from metarec_jax.training.step import make_epoch_order, make_train_step, run_epoch
+
+# Validation metrics copied into each epoch's metrics.jsonl line.
+LOGGED_VAL = ("mae", "rmse", "ndcg@3", "logloss", "auc", "ndcg@5")
+
+
+def make_optimizer(config, params) -> optax.GradientTransformation:
+  """Adam (AdamW with --weight_decay); a stacked learner's base is frozen (fitted in closed form)."""
+  if config.weight_decay:
+    tx = optax.adamw(config.outer_lr, weight_decay=config.weight_decay)
+  else:
+    tx = optax.adam(config.outer_lr)
+  labels = frozen_mask(params)
+  if labels is not None:
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  return tx
+
+
+def _all_finite(tree) -> bool:
+  return bool(
+    jax.tree.reduce(lambda a, b: a & b, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree), jnp.array(True))
+  )
+
+
+def fit(
+  learner: Learner,
+  params,
+  data: dict,
+  config,
+  *,
+  n_tasks: int,
+  val_score: Callable[[Any], dict] | None,
+  select: str,
+  log: writers.MetricsLog | None = None,
+  ckpt: FitCheckpoints | None = None,
+  resume: bool = False,
+  exit_at_step: int | None = None,
+) -> tuple[Any, dict]:
+  """Meta-trains `learner` with Adam on `data` (n_tasks training tasks) and returns the params
+  that are best on `val_score(params)[select]` (lower is better) and a summary.
+
+  With `ckpt`, the FitState is saved after every `ckpt.every` steps (0: after every epoch),
+  after every epoch whose validation criterion is the best so far, and at the end. With
+  `resume`, training continues from the latest checkpoint and reaches the same result as an
+  uninterrupted run (same order of epochs and steps, same keys). `exit_at_step` ends the
+  process right after that step, as a kill would (tests only). The checkpoint manager is
+  closed however the fit ends.
+  """
+  try:
+    return _fit(
+      learner,
+      params,
+      data,
+      config,
+      n_tasks=n_tasks,
+      val_score=val_score,
+      select=select,
+      log=log,
+      ckpt=ckpt,
+      resume=resume,
+      exit_at_step=exit_at_step,
+    )
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+
+
+def _fit(learner, params, data, config, *, n_tasks, val_score, select, log, ckpt, resume, exit_at_step):
+  B = config.meta_batch_size
+  mesh = runtime.task_mesh(config.devices)
+  runtime.check_divisible(B, mesh)
+  data = runtime.replicate(data, mesh)
+  train = create_train_state(jax.random.key(config.seed + 1), params, make_optimizer(config, params))
+  state = runtime.replicate(
+    FitState(
+      train=train,
+      epoch_key=jax.random.key(config.seed + 2),
+      best_params=jax.tree.map(jnp.copy, params),
+      progress=Progress(),
+    ),
+    mesh,
+  )
+  step_fn = make_train_step(
+    learner, id_dropout=config.id_dropout, redraw=config.redraw, mesh=mesh, task_chunk=config.task_chunk
+  )
+  order_fn = make_epoch_order(n_tasks, B, mesh)
+  n_batches = -(-n_tasks // B)
+
+  if resume and ckpt is not None and ckpt.latest_step() is not None:
+    done = ckpt.done()
+    if done is not None:  # this fit had finished: its best params and summary
+      logging.info("%s: finished before; restoring its best checkpoint (step %d)", learner.name, done["best_step"])
+      if log:
+        log.replace(learner.name, done["records"])
+      return ckpt.restore_params(done["best_step"], params), done["info"]
+    state = runtime.replicate(ckpt.restore(ckpt.latest_step(), state), mesh)
+    if log:
+      log.replace(learner.name, list(state.progress.records))
+    logging.info(
+      "%s: resumed from step %d (epoch %d, batch %d)",
+      learner.name,
+      int(state.train.step),
+      state.progress.epoch,
+      state.progress.row,
+    )
+  else:
+    if config.epochs and val_score is not None:
+      state = state.replace(progress=Progress(best_val=val_score(params)[select]))
+    if ckpt is not None:
+      ckpt.save(0, state, state.progress.best_val)
+
+  def fail(step, epoch, what, last_loss):
+    kept = f"; the last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}" if ckpt else ""
+    raise FloatingPointError(
+      f"{learner.name}: non-finite {what} at step {step} (epoch {epoch}); last finite training loss {last_loss}, "
+      f"last validation {select} {state.progress.last_val}{kept}; lower --outer_lr or --inner_lr"
+    )
+
+  def check_losses(losses, epoch):
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+      last = float(losses[bad[0] - 1]) if bad[0] > 0 else state.progress.last_finite
+      fail((epoch - 1) * n_batches + int(bad[0]) + 1, epoch, "training loss", last)
+
+  def save(step, st, val=None):
+    p = st.progress
+    if not _all_finite(st.train.params):
+      fail(step, p.epoch if p.row else p.epoch - 1, "parameters", p.losses[-1] if p.losses else p.last_finite)
+    ckpt.save(step, st, val)
+
+  while state.progress.epoch <= config.epochs and state.progress.bad_epochs < config.patience:
+    prog = state.progress
+    epoch, t0 = prog.epoch, time.perf_counter()
+    next_key, order = order_fn(state.epoch_key)
+    losses, row = list(prog.losses), prog.row
+    while row < n_batches:  # segments between mid-epoch checkpoints (and the testing exit)
+      first = (epoch - 1) * n_batches + row  # steps done before this segment
+      stop = n_batches
+      if ckpt is not None and ckpt.every:
+        stop = min(stop, (first // ckpt.every + 1) * ckpt.every - (epoch - 1) * n_batches)
+      if exit_at_step is not None and first < exit_at_step:
+        stop = min(stop, exit_at_step - (epoch - 1) * n_batches)
+      train, seg = run_epoch(step_fn, state.train, data, order, row, stop)
+      state, row = state.replace(train=train), stop
+      losses += [float(x) for x in np.asarray(seg)]
+      step = (epoch - 1) * n_batches + row
+      if exit_at_step is not None and step == exit_at_step:
+        logging.warning("exit at step %d (--exit_at_step)", step)
+        logging.flush()
+        os._exit(75)
+      if ckpt is not None and ckpt.every and step % ckpt.every == 0 and row < n_batches:
+        check_losses(np.array(losses), epoch)
+        state = state.replace(
+          progress=dataclasses.replace(
+            prog, row=row, losses=tuple(losses), train_time=prog.train_time + time.perf_counter() - t0
+          )
+        )
+        save(step, state)
+    losses = np.array(losses)
+    epoch_time = time.perf_counter() - t0
+    check_losses(losses, epoch)
+    val = val_score(state.train.params) if val_score is not None else {}
+    record = {
+      "learner": learner.name,
+      "epoch": epoch,
+      "step": int(epoch * n_batches),
+      "train/loss": float(losses.mean()),
+      "time/epoch_s": epoch_time,
+      "time/tasks_per_s": (n_batches - prog.row) * B / epoch_time,
+    }
+    record.update({f"val/{k}": v for k, v in val.items() if k in LOGGED_VAL})
+    if log:
+      log.write(record)
+    logging.info(
+      "%s epoch %d: train loss %.4f, val %s %.4f, val nDCG@3 %.4f (%.1fs)",
+      learner.name,
+      epoch,
+      record["train/loss"],
+      select,
+      val.get(select, float("nan")),
+      val.get("ndcg@3", float("nan")),
+      epoch_time,
+    )
+    step = epoch * n_batches
+    improved = val.get(select) is not None and (prog.best_val is None or val[select] < prog.best_val)
+    best = dict(best_val=val[select], best_epoch=epoch, best_step=step) if improved else {}
+    state = state.replace(
+      epoch_key=next_key,
+      best_params=jax.tree.map(jnp.copy, state.train.params) if improved else state.best_params,
+      progress=dataclasses.replace(
+        prog,
+        epoch=epoch + 1,
+        row=0,
+        losses=(),
+        bad_epochs=0 if improved else prog.bad_epochs + 1,
+        train_time=prog.train_time + epoch_time,
+        last_finite=float(losses[-1]),
+        last_val=val.get(select),
+        records=prog.records + (record,),
+        **best,
+      ),
+    )
+    if ckpt is not None and (improved or not ckpt.every or step % ckpt.every == 0):
+      save(step, state, val.get(select))
+  prog = state.progress
+  steps = int(state.train.step)
+  info = {
+    "best_epoch": prog.best_epoch,
+    f"best_val/{select}": prog.best_val if prog.best_val is not None else float("inf"),
+    "epochs_run": prog.epoch - 1,
+    "steps": steps,
+    "train_time_s": prog.train_time,
+    "tasks_per_s": steps * B / prog.train_time if prog.train_time else None,
+  }
+  if ckpt is not None:
+    save(steps, state)  # the end (a no-op when this step is saved already)
+    ckpt.mark_done({"best_step": prog.best_step, "info": info, "records": list(prog.records)})
+  return state.best_params, info
