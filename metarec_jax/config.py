@@ -17,6 +17,10 @@ from metarec_jax.learners.maml import ADAPT_MODES
 from metarec_jax.models import MODELS
 
 
+# --init: meta-train from the pooled network (the learner's spec says how), or from its own init.
+INIT_FROM_POOLED, INIT_FROM_SCRATCH = "pooled", "scratch"
+
+
 def opt(default, help: str, choices=None):  # noqa: A002 (absl's name)
   """A Config field with the help (and choices) of its generated flag."""
   meta = {"help": help, "choices": tuple(choices) if choices is not None else None}
@@ -92,9 +96,9 @@ class Config:
   linear: bool = opt(True, "Add a per-id scalar bias of every field to the MLP output.")
   id_dropout: float = opt(0.1, "Probability of hiding an item id during meta-training.")
   init: str = opt(
-    "pooled",
+    INIT_FROM_POOLED,
     "Start meta-training from the pooled network (trained first) or from a random init.",
-    ("pooled", "scratch"),
+    (INIT_FROM_POOLED, INIT_FROM_SCRATCH),
   )
   redraw: bool = opt(True, "Re-draw each training task's support/query split at every step.")
   weight_decay: float = opt(0.0, "Decoupled weight decay of the outer optimiser (AdamW).")

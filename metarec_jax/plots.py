@@ -151,7 +151,7 @@ def comparison_figure(res: Results, metrics=("mae", "ndcg@3")):
 
 def _bench_key(c: dict) -> str:
   parts = [c["learner"]]
-  if c.get("inner_steps") is not None and c["learner"] in ("maml", "fomaml", "metasgd", "anil", "reptile"):
+  if c.get("inner_steps") is not None:  # the benchmark writes None for learners without an inner loop
     parts.append(f"{c['inner_steps']} step{'s' if c['inner_steps'] != 1 else ''}")
     if c.get("adapt") and c["adapt"] != "head":
       parts.append(f"adapt={c['adapt']}")

@@ -16,7 +16,7 @@ from absl import logging
 
 from metarec_jax import writers
 from metarec_jax.checkpoint import FitCheckpoints, checkpoint_dir
-from metarec_jax.config import Config, check_resumable
+from metarec_jax.config import INIT_FROM_POOLED, Config, check_resumable
 from metarec_jax.data.tasks import SCENARIOS
 from metarec_jax.evaluate import score
 from metarec_jax.learners import POOLED, REUSE, TRAIN, get_spec, warm_start
@@ -74,8 +74,8 @@ def _fresh_workdir(config: Config, workdir: str, resume: bool) -> None:
 class _Run:
   """One run's fits and evaluations (the state `train_and_evaluate` threads through)."""
 
-  def __init__(self, st: Setup, workdir: str, log, resume: bool, exit_at_step: int | None):
-    self.st, self.workdir, self.log, self.resume, self.exit_at_step = st, workdir, log, resume, exit_at_step
+  def __init__(self, st: Setup, workdir: str, log, resume: bool):
+    self.st, self.workdir, self.log, self.resume = st, workdir, log, resume
     self.trained, self.training, self.train_timing, self.results, self.families = {}, {}, {}, {}, {}
     self.few_shot, self.timing = {}, {}
 
@@ -85,7 +85,7 @@ class _Run:
       st, c = self.st, self.st.config
       spec = get_spec(name)
       params = st.init_params(learner)
-      if c.init == "pooled" and spec.warm_start is not None:
+      if c.init == INIT_FROM_POOLED and spec.warm_start is not None:
         params = warm_start(name, params, self.fit(POOLED, st.make(POOLED)))
       ckpt = (
         FitCheckpoints(checkpoint_dir(self.workdir, learner.name), keep=c.keep_checkpoints, every=c.checkpoint_every)
@@ -157,7 +157,7 @@ def train_and_evaluate(
     len(scen.val),
     {s: len(e) for s, e in scen.test.items()},
   )
-  run = _Run(st, workdir, writers.MetricsLog(workdir, append=resume), resume, exit_at_step)
+  run = _Run(st, workdir, writers.MetricsLog(workdir, append=resume), resume)
   data_s = time.perf_counter() - t_start
   criterion = scen.label.select_metric
 
