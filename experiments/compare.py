@@ -31,7 +31,7 @@ def main(argv):
   del argv
   try:
     runtime_flags.apply()
-    seeds = config_flags._parse("seeds", tuple[int, ...], FLAGS.seeds)
+    seeds = config_flags.parse_value("seeds", tuple[int, ...], FLAGS.seeds)
     base = config_flags.config_from_flags()
     md = compare(
       base,

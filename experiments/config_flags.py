@@ -41,7 +41,7 @@ def _define(field: dataclasses.Field, tp) -> None:
     flags.DEFINE_string(field.name, default, help_)
 
 
-def _parse(name: str, tp, value):
+def parse_value(name: str, tp, value):
   """A flag's value as the Config field's type; a bad list entry is one clear error."""
   elem, is_list = _scalar(tp)
   if not is_list or value is None:
@@ -53,9 +53,9 @@ def _parse(name: str, tp, value):
     raise ValueError(f"--{name} must be a comma-separated list of {kind}, got {','.join(value)!r}") from None
 
 
-_TYPES = field_types()
+FIELD_TYPES = field_types()
 for _f in dataclasses.fields(Config):
-  _define(_f, _TYPES[_f.name])
+  _define(_f, FIELD_TYPES[_f.name])
 flags.DEFINE_enum(
   "preset",
   "default",
@@ -69,9 +69,9 @@ def given() -> dict:
   out = {}
   for f in dataclasses.fields(Config):
     flag = FLAGS[f.name]
-    default = _parse(f.name, _TYPES[f.name], flag.default)
+    default = parse_value(f.name, FIELD_TYPES[f.name], flag.default)
     if flag.present or default != f.default:
-      out[f.name] = _parse(f.name, _TYPES[f.name], flag.value)
+      out[f.name] = parse_value(f.name, FIELD_TYPES[f.name], flag.value)
   return out
 
 

@@ -35,6 +35,8 @@ class Config:
   data_dir: str | None = opt(None, "Folder holding the dataset folders (default: $METAREC_DATA_DIR).")
   synthetic_users: int = opt(600, "Users of the synthetic generator.")
   synthetic_items: int = opt(800, "Items of the synthetic generator.")
+  synthetic_min_ratings: int = opt(15, "Fewest ratings of a synthetic user.")
+  synthetic_max_ratings: int = opt(110, "Most ratings of a synthetic user.")
   csv_ratings: str | None = opt(None, "--dataset=csv: ratings CSV with the header user,item,rating[,timestamp].")
   csv_user_features: str | None = opt(None, "--dataset=csv: optional user feature CSV (header user,<columns>).")
   csv_item_features: str | None = opt(None, "--dataset=csv: optional item feature CSV (header item,<columns>).")
@@ -167,6 +169,11 @@ class Config:
       (self.base_folds >= 2, f"base_folds must be >= 2, got {self.base_folds}"),
       (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
       (self.rank >= 1, f"rank must be >= 1, got {self.rank}"),
+      (
+        1 <= self.synthetic_min_ratings <= self.synthetic_max_ratings,
+        f"synthetic ratings per user must satisfy 1 <= synthetic_min_ratings <= synthetic_max_ratings, got "
+        f"{self.synthetic_min_ratings} and {self.synthetic_max_ratings}",
+      ),
       (
         self.csv_rating_scale is None
         or (len(self.csv_rating_scale) == 2 and self.csv_rating_scale[0] < self.csv_rating_scale[1]),

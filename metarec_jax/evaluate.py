@@ -81,11 +81,7 @@ class Evaluator:
 
   def predict(self, learner_or_fn, params, key, episodes: Episodes) -> np.ndarray:
     """[task, Q] predictions on `episodes`, cached on the device under `key`."""
-    fn = (
-      learner_or_fn
-      if callable(learner_or_fn) and not isinstance(learner_or_fn, Learner)
-      else self.predict_fn(learner_or_fn)
-    )
+    fn = self.predict_fn(learner_or_fn) if isinstance(learner_or_fn, Learner) else learner_or_fn
     if len(episodes) and key not in self._arrays:
       self._arrays[key] = device_episodes(episodes, self.chunk)
     return predict_episodes(fn, params, self.tables, episodes, self.chunk, self._arrays.get(key))

@@ -118,6 +118,8 @@ def build_setup(config: Config) -> Setup:
     seed=config.seed,
     synthetic_users=config.synthetic_users,
     synthetic_items=config.synthetic_items,
+    synthetic_min_ratings=config.synthetic_min_ratings,
+    synthetic_max_ratings=config.synthetic_max_ratings,
     csv_ratings=config.csv_ratings,
     csv_user_features=config.csv_user_features,
     csv_item_features=config.csv_item_features,

@@ -3,26 +3,28 @@
 import jax
 import pytest
 import jax.numpy as jnp
-import numpy as np
 
-from metarec_jax.data import synthetic
-from metarec_jax.data.features import feature_tables
-from metarec_jax.data.tasks import TaskConfig, build_scenarios
-from metarec_jax.learners import FitContext
-from metarec_jax.models import create_model
 from metarec_jax.data.episodes import featurize_episodes
 
 
 def tiny_setup(*, n_users=80, n_items=120, hidden=(8,), embed_dim=4, max_ratings=30, seed=0, linear=False):
-  ds = synthetic.generate(n_users=n_users, n_items=n_items, min_ratings=15, max_ratings=max_ratings, seed=seed)
-  scen = build_scenarios(ds, TaskConfig(max_ratings=max_ratings), seed=seed)
-  known = np.zeros(ds.n_items, bool)
-  known[scen.train_ratings[1]] = True
-  fields, tables = feature_tables(ds, known_items=known, item_id=True)
-  model = create_model("content", fields=fields, embed_dim=embed_dim, hidden=hidden, output_bias=3.5, linear=linear)
-  ctx = FitContext.of(model, fields, ds.n_items, scen.train_ratings, tables=tables)
-  tables = {k: jnp.asarray(v) for k, v in tables.items()}
-  return ds, scen, model, ctx, tables
+  """Tiny synthetic data through `build_setup`: (dataset, scenarios, model, context, device tables)."""
+  from metarec_jax.config import Config
+  from metarec_jax.setup import build_setup
+
+  st = build_setup(
+    Config(
+      synthetic_users=n_users,
+      synthetic_items=n_items,
+      synthetic_max_ratings=max_ratings,
+      max_ratings=max_ratings,
+      hidden=hidden,
+      embed_dim=embed_dim,
+      linear=linear,
+      seed=seed,
+    )
+  )
+  return st.ds, st.scen, st.model, st.ctx, st.data["tables"]
 
 
 def episode_batch(tables, episodes, n):

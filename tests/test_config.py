@@ -50,7 +50,7 @@ def test_every_field_is_a_flag_with_its_default_and_help():
   for f in dataclasses.fields(Config):
     flag = flags.FLAGS[f.name]
     assert flag.help.endswith(f.metadata["help"])  # (an enum's help starts with its choices)
-    parsed = config_flags._parse(f.name, config_flags._TYPES[f.name], flag.default)
+    parsed = config_flags.parse_value(f.name, config_flags.FIELD_TYPES[f.name], flag.default)
     assert parsed == f.default, f.name
   assert "enum" in flags.FLAGS["dataset"].flag_type() and "ml-100k" in flags.FLAGS["dataset"].parser.enum_values
 

@@ -16,6 +16,8 @@ def load_dataset(
   seed: int = 0,
   synthetic_users: int = 600,
   synthetic_items: int = 800,
+  synthetic_min_ratings: int = 15,
+  synthetic_max_ratings: int = 110,
   csv_ratings: str | None = None,
   csv_user_features: str | None = None,
   csv_item_features: str | None = None,
@@ -36,7 +38,13 @@ def load_dataset(
       rating_scale=csv_rating_scale,
     )
   if name == "synthetic":
-    return synthetic.generate(n_users=synthetic_users, n_items=synthetic_items, seed=seed)
+    return synthetic.generate(
+      n_users=synthetic_users,
+      n_items=synthetic_items,
+      min_ratings=synthetic_min_ratings,
+      max_ratings=synthetic_max_ratings,
+      seed=seed,
+    )
   if name == "ml-100k":
     return movielens.load_ml100k(resolve_data_dir(data_dir))
   if name == "ml-1m":  # MeLU's protocol: its features and state files, the full ratings from the rda file
