@@ -172,7 +172,7 @@ def test_cf_model_learns_with_maml_where_adaptation_must_help(learning_setup):
   assert mae < 0.97 * s["refs"]["pooled"] and mae < 0.97 * s["refs"]["support_mean"], (mae, s["refs"])
 
 
-@pytest.mark.parametrize("kind, names", [("cf", ("maml", "metasgd", "reptile")), ("hybrid", ("fomaml",))])
+@pytest.mark.parametrize("kind, names", fast_first([("cf", ("maml", "metasgd", "reptile")), ("hybrid", ("fomaml",))]))
 def test_factor_models_vmap_equals_loop_with_gradient_learners(setup, kind, names):
   _, scen, content, ctx, tables = setup
   model = create_model(kind, fields=content.fields, embed_dim=4, hidden=(8,), rank=4, output_bias=3.5, linear=True)

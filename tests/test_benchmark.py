@@ -78,6 +78,7 @@ def test_torch_reference_meta_gradient_equals_ours(melu, adapt, first_order, ste
   assert tr.max_grad_diff(other.meta_grads(np.arange(3)), g["model"])[0] > 1e-4
 
 
+@pytest.mark.slow
 def test_jax_loop_step_equals_vmapped_step(melu):
   shapes, model, data = melu
   learner = create_learner("maml", model, inner_lr=0.3, inner_steps=1)

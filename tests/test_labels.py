@@ -180,6 +180,7 @@ def test_redraw_keeps_each_tasks_query_size():
       assert before == after
 
 
+@pytest.mark.slow
 def test_recommend_adapts_on_encoded_ratings_and_reports_stars(tmp_path):
   from metarec_jax.recommend import load_trained, recommend_for_new_user
 
