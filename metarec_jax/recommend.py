@@ -25,7 +25,7 @@ from metarec_jax.data.io import parse_float, read_rows
 from metarec_jax.data.schema import DataError
 from metarec_jax.config import Config
 from metarec_jax.evaluate import make_predict_fn
-from metarec_jax.learners import TRAIN, get_spec
+from metarec_jax.learners import FIT, REUSE, attach_options, get_spec
 from metarec_jax.protocol import FINAL_METRICS
 from metarec_jax.setup import Setup, build_setup
 
@@ -54,27 +54,42 @@ def load_trained(workdir: str, data_dir: str | None = None) -> Trained:
     config = dataclasses.replace(config, data_dir=data_dir)
   st = build_setup(config)
   final_path = os.path.join(workdir, FINAL_METRICS)
-  if config.base and os.path.isfile(final_path):  # the base's recorded choice: no validation grid again
+  final = {}
+  if os.path.isfile(final_path):
     with open(final_path) as f:
-      recorded = json.load(f).get("base")
-    if recorded and recorded.get("name") == config.base:
-      val = next((v for k, v in recorded.items() if k.startswith("val/")), None)
-      st.select(config.base, recorded={"selected": recorded["selected"], "val": val})
-  learner = st.make(config.learner)
+      final = json.load(f)
+  recorded = final.get("base")
+  if config.base and recorded and recorded.get("name") == config.base:  # the base's choice: no grid again
+    val = next((v for k, v in recorded.items() if k.startswith("val/")), None)
+    st.select(config.base, recorded={"selected": recorded["selected"], "val": val})
+  spec = get_spec(config.learner)
+  options = {}
+  if spec.grid:  # the learner's own validation choice, recorded by the run
+    options = final.get("training", {}).get(config.learner, {}).get("selected")
+    if options is None:
+      raise RecommendError(
+        f"{final_path}: no recorded validation choice of {config.learner!r} (field "
+        f"'training'.{config.learner!r}.'selected'); is the run finished?"
+      )
+  learner = st.make(config.learner, **options)
   params = st.init_params(learner)
   step = None
-  if get_spec(config.learner).source == TRAIN:
-    folder = checkpoint_dir(workdir, learner.name)
+  if spec.source != FIT:  # trained: its own checkpoint, or the network it reuses
+    owner = spec.params_from if spec.source == REUSE else config.learner
+    if spec.source == REUSE:
+      params = st.init_params(st.make(owner))
+    folder = checkpoint_dir(workdir, owner)
     if not os.path.isdir(folder):
-      raise RecommendError(f"{folder}: no checkpoints of {learner.name!r}; train with --checkpoints")
+      raise RecommendError(f"{folder}: no checkpoints of {owner!r}; train with --checkpoints")
     ck = FitCheckpoints(folder)
     try:
       step = ck.best_step()
       if step is None:
-        raise RecommendError(f"{folder}: holds no checkpoint of {learner.name!r}")
+        raise RecommendError(f"{folder}: holds no checkpoint of {owner!r}")
       params = ck.restore_params(step, params)
     finally:
       ck.close()
+  params = attach_options(config.learner, params, options) if options else params
   return Trained(st, learner, params, step)
 
 

@@ -157,3 +157,23 @@ def test_recommend_binary_text_json_and_errors(tmp_path, tiny_trained_run):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == message, proc.stderr[-500:]
   proc = run_binary("experiments.recommend", f"--workdir={tmp_path}/nothing", "--ratings=1:5")
   assert proc.returncode == 2 and "config.json: not found" in proc.stderr
+
+
+def test_a_fine_tuned_learner_restores_the_pooled_network_and_its_recorded_choice(tmp_path):
+  from metarec_jax.config import resolve
+  from metarec_jax.protocol import train_and_evaluate
+
+  workdir = str(tmp_path / "ft")
+  final = train_and_evaluate(resolve("smoke", {"learner": "finetune", "baselines": ("item_mean",)}), workdir)
+  chosen = final["training"]["finetune"]["selected"]
+  tr = load_trained(workdir)
+  assert tr.checkpoint_step is not None  # the pooled network's best checkpoint, not an initialisation
+  assert float(tr.params["adapt_options"]["inner_lr"]) == pytest.approx(chosen["inner_lr"])
+  assert int(tr.params["adapt_options"]["inner_steps"]) == chosen["inner_steps"]
+  # The restored learner scores the test users as the run did.
+  from metarec_jax.evaluate import score
+
+  scen = tr.setup.scen
+  pred = tr.setup.evaluator.predict(tr.learner, tr.params, ("test", "user_cold"), scen.test["user_cold"])
+  got = score(pred, scen.test["user_cold"], tr.setup.config.ndcg_ks, scen.label)["mae"]
+  assert got == pytest.approx(final["results"]["finetune"]["user_cold"]["mae"], rel=1e-6)
