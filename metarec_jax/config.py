@@ -9,6 +9,7 @@ import os
 import typing
 
 from metarec_jax import learners, writers
+from metarec_jax.data.io import DELIMITERS
 from metarec_jax.data.lastfm import LASTFM_PROTOCOLS
 from metarec_jax.data.registry import DATASETS
 from metarec_jax.data.tasks import SCENARIOS, TaskConfig
@@ -44,6 +45,9 @@ class Config:
     (),
     "--dataset=csv: the feature columns' types as name:categorical, "
     "name:multihot:SEP, name:numeric or name:title (the item's display name).",
+  )
+  csv_delimiter: str = opt(
+    ",", "--dataset=csv: the cell delimiter of the CSV files (tab, semicolon, comma, pipe or one character)."
   )
   csv_rating_scale: tuple[float, ...] | None = opt(
     None, "--dataset=csv: lo,hi of the rating scale (default: the observed range)."
@@ -169,6 +173,12 @@ class Config:
       (self.base_folds >= 2, f"base_folds must be >= 2, got {self.base_folds}"),
       (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
       (self.rank >= 1, f"rank must be >= 1, got {self.rank}"),
+      (
+        len(DELIMITERS.get(self.csv_delimiter, self.csv_delimiter)) == 1
+        and DELIMITERS.get(self.csv_delimiter, self.csv_delimiter) not in '"\r\n',
+        f"csv_delimiter must be one character (not a quote or line break) or one of {', '.join(DELIMITERS)}, "
+        f"got {self.csv_delimiter!r}",
+      ),
       (
         1 <= self.synthetic_min_ratings <= self.synthetic_max_ratings,
         f"synthetic ratings per user must satisfy 1 <= synthetic_min_ratings <= synthetic_max_ratings, got "

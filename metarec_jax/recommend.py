@@ -21,7 +21,7 @@ from absl import logging
 from metarec_jax import metrics as metrics_lib
 from metarec_jax.checkpoint import FitCheckpoints, checkpoint_dir
 from metarec_jax.data.features import NEW_USER_HELPER_VALUES
-from metarec_jax.data.io import parse_float, read_rows
+from metarec_jax.data.io import parse_float, read_csv_rows
 from metarec_jax.data.schema import DataError
 from metarec_jax.config import Config
 from metarec_jax.evaluate import make_predict_fn
@@ -140,7 +140,7 @@ def parse_ratings(spec: str, ds) -> list[tuple[int, float]]:
 
 def read_ratings_file(path: str, ds) -> list[tuple[int, float]]:
   """A CSV with the header 'item_id,rating' -> [(item index, rating)]."""
-  rows = read_rows(path, sep=",", n_fields=2, skip_header=False, source="Write one 'item_id,rating' row per rating.")
+  rows = read_csv_rows(path, source="Write one 'item_id,rating' row per rating.")
   line, header = rows[0]
   if [h.strip() for h in header] != ["item_id", "rating"]:
     raise DataError(f"{path}:{line}: expected the header 'item_id,rating', got {','.join(header)!r}")

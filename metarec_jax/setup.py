@@ -125,6 +125,7 @@ def build_setup(config: Config) -> Setup:
     csv_item_features=config.csv_item_features,
     csv_columns=config.csv_columns,
     csv_rating_scale=config.csv_rating_scale,
+    csv_delimiter=config.csv_delimiter,
     lastfm_protocol=config.lastfm_protocol,
   )
   label = label_spec(config, ds)

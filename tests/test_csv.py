@@ -114,3 +114,57 @@ def test_csv_binary_end_to_end_and_one_line_errors(tmp_path):
   assert proc.stderr.strip().splitlines()[-1] == (
     "error: --csv_columns entry 'genre:multihot': multihot needs a separator, e.g. genre:multihot:|"
   )
+
+
+def test_csv_reads_files_as_spreadsheets_and_python_csv_write_them(tmp_path):
+  import csv
+  import io
+
+  buf = io.StringIO()
+  w = csv.writer(buf)  # quotes a title holding a comma, CRLF line ends
+  w.writerows(
+    [
+      ["item", "title", "genre", "year"],
+      ["m1", "Usual Suspects, The (1995)", "drama|comedy", "1990"],
+      ["m2", 'Say "Hi"', "drama", "2001"],
+      ["m3", "Gamma", "", ""],
+    ]
+  )
+  ratings = "\ufeff" + "# exported by a spreadsheet\r\n" + RATINGS.replace(",", " , ").replace("\n", "\r\n") + "\r\n"
+  paths = write(tmp_path, items=buf.getvalue(), ratings=ratings)
+  ds = load(paths)  # a byte-order mark, a comment line, CRLF, spaces around cells, a trailing blank line
+  assert (ds.n_users, ds.n_items, ds.n_ratings) == (3, 3, 5) and list(ds.user_ids) == ["u1", "u2", "u3"]
+  assert ds.item_titles == ["Usual Suspects, The (1995)", 'Say "Hi"', "Gamma"]
+  # Another delimiter, by name or by character.
+  semi = write(
+    tmp_path, ratings=RATINGS.replace(",", ";"), items=ITEMS.replace(",", ";"), users=USERS.replace(",", ";")
+  )
+  assert load(semi, delimiter=";").n_ratings == 5
+  tabs = write(
+    tmp_path, ratings=RATINGS.replace(",", "\t"), items=ITEMS.replace(",", "\t"), users=USERS.replace(",", "\t")
+  )
+  assert load(tabs, delimiter="\t").n_ratings == 5
+
+
+@pytest.mark.parametrize(
+  "raw, message",
+  [
+    (b"user,item,rating\nu1,m1\x00,5\n", "ratings.csv:2: NUL byte; expected a UTF-8 text CSV"),
+    ("user,item,rating\nu1,m1,5\n".encode("utf-16"), "ratings.csv:1: NUL byte"),
+    (b'user,item,rating\nu1,"m1,5\nu2,m2,4\n', "ratings.csv:2: not a valid CSV row"),
+    (b"user,item,rating\nu1,m1,5,7\n", "ratings.csv:2: expected 3 fields separated by ',' (as in the header), found 4"),
+    (b"user,item\xe9,rating\n", "ratings.csv:1: bytes are not valid utf-8"),
+  ],
+)
+def test_broken_csv_files_are_refused_with_the_file_and_line(tmp_path, raw, message):
+  with pytest.raises(DataError) as err:
+    load(write(tmp_path, raw=raw))
+  assert message in str(err.value)
+
+
+def test_the_delimiter_flag_is_validated():
+  from metarec_jax.config import Config
+
+  Config(csv_delimiter="tab").validate()
+  with pytest.raises(ValueError, match="csv_delimiter must be one character"):
+    Config(csv_delimiter=";;").validate()

@@ -14,13 +14,15 @@ Cold-start split: users are new by the time of their first rating and items by t
 of their first rating ("release"); without a timestamp column every timestamp is 0, users
 split by file order and no item is new (the item-cold scenarios are then empty).
 Duplicate (user, item) rows keep the last one in file order (counted in the log).
+Files are read with Python's `csv` rules (`io.read_csv_rows`: quoting, a byte-order mark, CRLF,
+trimmed cells, `#` comment lines, `delimiter`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from metarec_jax.data.io import dedupe_keep_last, parse_float, parse_int, read_rows, require_file
+from metarec_jax.data.io import dedupe_keep_last, parse_float, parse_int, read_csv_rows
 from metarec_jax.data.movielens import multihot_table
 from metarec_jax.data.schema import DataError, Dataset, FieldSpec
 
@@ -65,20 +67,16 @@ def load_csv(
   numeric_buckets: int = 10,
   name: str = "csv",
   rating_scale: tuple[float, float] | None = None,
+  delimiter: str = ",",
 ) -> Dataset:
   types = parse_column_types(columns)
-  require_file(ratings_path, source=CSV_SOURCE)
-  with open(ratings_path, "rb") as f:
-    first = f.readline().decode("utf-8", errors="replace")
-  if not first.strip():
-    raise DataError(f"{ratings_path}: file is empty (expected the header user,item,rating[,timestamp] and rows)")
-  n_cols = first.count(",") + 1
+  rows = read_csv_rows(ratings_path, delimiter=delimiter, source=CSV_SOURCE)
+  n_cols = len(rows[0][1])
   if n_cols not in (3, 4):
     raise DataError(
-      f"{ratings_path}:1: expected the header user,item,rating[,timestamp] (3 or 4 columns separated "
-      f"by ','), found {n_cols}: {first.strip()[:80]!r}"
+      f"{ratings_path}:{rows[0][0]}: expected the header user,item,rating[,timestamp] (3 or 4 columns separated "
+      f"by {delimiter!r}), found {n_cols}: {delimiter.join(rows[0][1])[:80]!r}"
     )
-  rows = read_rows(ratings_path, sep=",", n_fields=n_cols, source=CSV_SOURCE)
   _header(ratings_path, rows, "user", ("user", "item", "rating", "timestamp"))
   if len(rows) == 1:
     raise DataError(f"{ratings_path}: no ratings after the header")
@@ -107,7 +105,7 @@ def load_csv(
   for path, side, index in ((user_features, "user", user_index), (item_features, "item", item_index)):
     if not path:
       continue
-    f_fields, f_tables, f_titles = _read_features(path, side, index, types, numeric_buckets)
+    f_fields, f_tables, f_titles = _read_features(path, side, index, types, numeric_buckets, delimiter)
     fields += f_fields
     features.update(f_tables)
     if side == "item" and f_titles is not None:
@@ -135,12 +133,8 @@ def load_csv(
   return ds
 
 
-def _read_features(path, side, index, types, numeric_buckets):
-  require_file(path, source=f"A {side} feature CSV: header {side},<feature columns>.")
-  with open(path, "rb") as f:
-    first = f.readline().decode("utf-8", errors="replace")
-  n_cols = first.count(",") + 1
-  rows = read_rows(path, sep=",", n_fields=n_cols, source="")
+def _read_features(path, side, index, types, numeric_buckets, delimiter=","):
+  rows = read_csv_rows(path, delimiter=delimiter, source=f"A {side} feature CSV: header {side},<feature columns>.")
   cols = _header(path, rows, side)
   if len(cols) < 2:
     raise DataError(f"{path}:1: no feature columns after {side!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 
 import numpy as np
@@ -56,6 +58,57 @@ def read_rows(
     rows.append((i + 1, parts))
   if not rows:
     raise DataError(f"{path}: file is empty (expected rows of {n_fields} fields separated by {sep!r})")
+  return rows
+
+
+# --csv_delimiter names for the characters a shell makes awkward.
+DELIMITERS = {"tab": "\t", "semicolon": ";", "comma": ",", "pipe": "|"}
+
+
+def read_csv_rows(path: str, *, delimiter: str = ",", source: str = "") -> list[tuple[int, list[str]]]:
+  """Reads a CSV as spreadsheets, pandas and databases write it: (line_number, fields) rows.
+
+  Python's `csv` rules (RFC 4180 quoting: a cell holding the delimiter, a quote or a line break
+  is quoted, a quote inside it doubled), UTF-8 with or without a byte-order mark, LF or CRLF
+  line ends, spaces around cells trimmed, blank lines and lines whose first cell starts with
+  `#` skipped. The first row (the header) sets the field count; a row with another count, a
+  NUL byte (a UTF-16 or binary file), bytes that are not UTF-8 or an unterminated quote raise
+  one DataError naming the file and line. The line number is a record's first line.
+  """
+  require_file(path, source=source)
+  with open(path, "rb") as f:
+    raw = f.read()
+  if b"\x00" in raw:
+    line = raw[: raw.index(b"\x00")].count(b"\n") + 1
+    raise DataError(f"{path}:{line}: NUL byte; expected a UTF-8 text CSV (is it UTF-16 or binary? save it as UTF-8)")
+  try:
+    text = raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    line = raw[: e.start].count(b"\n") + 1
+    raise DataError(
+      f"{path}:{line}: bytes are not valid utf-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"
+    ) from None
+  reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+  rows, n_fields, start = [], None, 1
+  try:
+    for fields in reader:
+      line, start = start, reader.line_num + 1
+      fields = [f.strip() for f in fields]
+      if not any(fields) or fields[0].startswith("#"):
+        continue
+      if n_fields is None:
+        n_fields = len(fields)
+      elif len(fields) != n_fields:
+        shown = delimiter.join(fields)[:80]
+        raise DataError(
+          f"{path}:{line}: expected {n_fields} fields separated by {delimiter!r} (as in the header), found "
+          f"{len(fields)}: {shown!r}; quote a cell that holds {delimiter!r}"
+        )
+      rows.append((line, fields))
+  except csv.Error as e:
+    raise DataError(f"{path}:{start}: not a valid CSV row ({e}); a quoted cell must end with a quote") from None
+  if not rows:
+    raise DataError(f"{path}: file is empty (expected a header and rows separated by {delimiter!r})")
   return rows
 
 

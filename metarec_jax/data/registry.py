@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from metarec_jax.data import csv_data, lastfm, melu_ml1m, movielens, synthetic
-from metarec_jax.data.io import resolve_data_dir
+from metarec_jax.data.io import DELIMITERS, resolve_data_dir
 from metarec_jax.data.schema import Dataset
 
 DATASETS = ("synthetic", "ml-100k", "ml-1m", "lastfm", "hetrec-lastfm", "csv")
@@ -23,6 +23,7 @@ def load_dataset(
   csv_item_features: str | None = None,
   csv_columns: tuple[str, ...] = (),
   csv_rating_scale: tuple[float, float] | None = None,
+  csv_delimiter: str = ",",
   lastfm_protocol: str = "episodes",
 ) -> Dataset:
   """Loads a dataset by name; real datasets are read from `data_dir` (or $METAREC_DATA_DIR),
@@ -36,6 +37,7 @@ def load_dataset(
       item_features=csv_item_features,
       columns=tuple(csv_columns),
       rating_scale=csv_rating_scale,
+      delimiter=DELIMITERS.get(csv_delimiter, csv_delimiter),
     )
   if name == "synthetic":
     return synthetic.generate(
