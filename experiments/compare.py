@@ -3,8 +3,8 @@
   python -m experiments.compare --dataset=ml-100k --data_dir=../shared/data --out=runs/compare_ml100k
   python -m experiments.compare --learners=maml,neural_process --seeds=0,1 --epochs=5 --inner_lr=0.05 --out=runs/q
 
-Every Config field is a flag and applies to every run. Per seed the baselines run once (with
-the first learner). Writes <out>/results.json, <out>/table.md, a run folder per (learner,
+Every Config field is a flag and applies to every run (--few_shot_ks, unset: 1,3,5,10,20). Per
+seed the baselines run once (with the first learner). Writes <out>/results.json, <out>/table.md, a run folder per (learner,
 seed) and (--report) <out>/report.md with the figures (metarec_jax/compare.py).
 """
 
@@ -23,8 +23,9 @@ flags.DEFINE_list("learners", list(learners.META_LEARNERS), "Learners to compare
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_bool("report", True, "Also write <out>/report.md with the tables, figures (<out>/figures) and commands.")
 flags.DEFINE_string("out", "runs/compare", "Output folder.")
-flags.FLAGS.set_default("few_shot_ks", ["1", "3", "5", "10", "20"])
 FLAGS = flags.FLAGS
+# The few-shot curve's support sizes when --few_shot_ks is not given (a plain run draws none).
+FEW_SHOT_KS = (1, 3, 5, 10, 20)
 
 
 def main(argv):
@@ -32,7 +33,7 @@ def main(argv):
   try:
     runtime_flags.apply()
     seeds = config_flags.parse_value("seeds", tuple[int, ...], FLAGS.seeds)
-    base = config_flags.config_from_flags()
+    base = config_flags.config_from_flags(**({} if FLAGS["few_shot_ks"].present else {"few_shot_ks": FEW_SHOT_KS}))
     md = compare(
       base,
       list(FLAGS.learners),

@@ -65,14 +65,12 @@ flags.DEFINE_enum(
 
 
 def given() -> dict:
-  """The Config fields set on the command line (or given a binary-specific default), parsed."""
-  out = {}
-  for f in dataclasses.fields(Config):
-    flag = FLAGS[f.name]
-    default = parse_value(f.name, FIELD_TYPES[f.name], flag.default)
-    if flag.present or default != f.default:
-      out[f.name] = parse_value(f.name, FIELD_TYPES[f.name], flag.value)
-  return out
+  """The Config fields set on the command line, parsed."""
+  return {
+    f.name: parse_value(f.name, FIELD_TYPES[f.name], FLAGS[f.name].value)
+    for f in dataclasses.fields(Config)
+    if FLAGS[f.name].present
+  }
 
 
 def config_from_flags(**overrides) -> Config:

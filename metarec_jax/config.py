@@ -9,7 +9,7 @@ import os
 import typing
 
 from metarec_jax import learners, writers
-from metarec_jax.data.io import DELIMITERS
+from metarec_jax.data.io import resolve_delimiter
 from metarec_jax.data.lastfm import LASTFM_PROTOCOLS
 from metarec_jax.data.registry import DATASETS
 from metarec_jax.data.tasks import SCENARIOS, TaskConfig
@@ -174,12 +174,6 @@ class Config:
       (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
       (self.rank >= 1, f"rank must be >= 1, got {self.rank}"),
       (
-        len(DELIMITERS.get(self.csv_delimiter, self.csv_delimiter)) == 1
-        and DELIMITERS.get(self.csv_delimiter, self.csv_delimiter) not in '"\r\n',
-        f"csv_delimiter must be one character (not a quote or line break) or one of {', '.join(DELIMITERS)}, "
-        f"got {self.csv_delimiter!r}",
-      ),
-      (
         1 <= self.synthetic_min_ratings <= self.synthetic_max_ratings,
         f"synthetic ratings per user must satisfy 1 <= synthetic_min_ratings <= synthetic_max_ratings, got "
         f"{self.synthetic_min_ratings} and {self.synthetic_max_ratings}",
@@ -207,6 +201,7 @@ class Config:
     for ok, msg in checks:
       if not ok:
         raise ValueError(msg)
+    resolve_delimiter(self.csv_delimiter)
     for f in dataclasses.fields(self):  # the fields with a fixed set of values
       value, choices = getattr(self, f.name), f.metadata.get("choices")
       if choices and value is not None and value not in choices:

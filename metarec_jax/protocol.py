@@ -118,6 +118,20 @@ class _Run:
       return self.fit(spec.params_from, self.st.make(spec.params_from))
     return self.st.init_params(learner)
 
+  def row(self, name: str, **kw):
+    """Fits (or chooses on validation, when its spec has a grid) and evaluates the learner `name`;
+    -> (learner, params, test predictions by scenario)."""
+    st = self.st
+    if get_spec(name).grid:
+      best = st.select(name, lambda b: self.params_for(name, b))
+      self.training[name] = {"selected": best["options"], f"val/{best['metric']}": best["val"]}
+      learner, params, fn = best["learner"], best["params"], best["predict_fn"]
+    else:
+      learner = st.make(name)
+      params, fn = self.params_for(name, learner, **kw), None
+    preds, self.results[learner.name] = self.evaluate(learner, params, fn)
+    return learner, params, preds
+
   def evaluate(self, learner, params, fn=None, few_shot_curve=True):
     st, c = self.st, self.st.config
     ev, scen = st.evaluator, st.scen
@@ -163,15 +177,8 @@ def train_and_evaluate(
 
   # The learner under study.
   spec = get_spec(config.learner)
-  learner = st.make(config.learner)
   t0 = time.perf_counter()
-  if spec.grid:
-    pick = st.select(config.learner, lambda b: run.params_for(config.learner, b))
-    learner, params = pick["learner"], pick["params"]
-    run.training[config.learner] = {"selected": pick["options"], f"val/{pick['metric']}": pick["val"]}
-  else:
-    params = run.params_for(config.learner, learner, exit_at_step=exit_at_step)
-  preds, run.results[learner.name] = run.evaluate(learner, params)
+  _, params, preds = run.row(config.learner, exit_at_step=exit_at_step)
   run.timing[config.learner] = time.perf_counter() - t0  # with the pooled network's fit when it warm-starts
   base_info = None
   if config.base:  # which fit of the base the stacked learners predict the residual of
@@ -196,13 +203,7 @@ def train_and_evaluate(
     if name == config.learner:
       continue
     t0 = time.perf_counter()
-    if get_spec(name).grid:  # options chosen on validation
-      best = st.select(name, lambda b, name=name: run.params_for(name, b))
-      run.training[name] = {"selected": best["options"], f"val/{best['metric']}": best["val"]}
-      _, run.results[name] = run.evaluate(best["learner"], best["params"], best["predict_fn"])
-    else:
-      b = st.make(name)
-      _, run.results[name] = run.evaluate(b, run.params_for(name, b))
+    run.row(name)
     run.timing[name] = time.perf_counter() - t0
 
   final: FinalMetrics = {

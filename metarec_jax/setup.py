@@ -4,6 +4,7 @@ The one builder `train_and_evaluate`, `recommend`, the benchmark and the tests u
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable
 
 import jax
@@ -110,24 +111,16 @@ def label_spec(config: Config, ds) -> LabelSpec:
   return LabelSpec(config.label or "rating", scale=tuple(ds.rating_scale), threshold=config.label_threshold)
 
 
+def dataset_options(config: Config) -> dict:
+  """The Config fields `load_dataset` takes (same names), so a new loader option is one Config
+  field and one keyword of the loader."""
+  names = [p for p in inspect.signature(load_dataset).parameters if p != "name"]
+  return {n: getattr(config, n) for n in names}
+
+
 def build_setup(config: Config) -> Setup:
   """Loads the dataset and builds everything a run (or `recommend`) needs; deterministic in the seed."""
-  ds = load_dataset(
-    config.dataset,
-    data_dir=config.data_dir,
-    seed=config.seed,
-    synthetic_users=config.synthetic_users,
-    synthetic_items=config.synthetic_items,
-    synthetic_min_ratings=config.synthetic_min_ratings,
-    synthetic_max_ratings=config.synthetic_max_ratings,
-    csv_ratings=config.csv_ratings,
-    csv_user_features=config.csv_user_features,
-    csv_item_features=config.csv_item_features,
-    csv_columns=config.csv_columns,
-    csv_rating_scale=config.csv_rating_scale,
-    csv_delimiter=config.csv_delimiter,
-    lastfm_protocol=config.lastfm_protocol,
-  )
+  ds = load_dataset(config.dataset, **dataset_options(config))
   label = label_spec(config, ds)
   if config.base and label.binary:
     raise ValueError(

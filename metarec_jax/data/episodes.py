@@ -14,23 +14,12 @@ from metarec_jax.learners.base import Batch, Episode
 
 def featurize_episodes(tables: dict, ep: dict) -> Episode:
   """Padded index arrays ([task, S] / [task, Q]) -> featurised Episode."""
-  sx = leave_own_out(
-    tables,
-    featurize(tables, ep["user"], ep["support_item"]),
-    ep["user"],
-    ep["support_item"],
-    ep["support_rating"],
-    ep["support_mask"],
-  )
-  qx = leave_own_out(
-    tables,
-    featurize(tables, ep["user"], ep["query_item"]),
-    ep["user"],
-    ep["query_item"],
-    ep["query_rating"],
-    ep["query_mask"],
-  )
-  sx, qx = support_cooc(tables, ep, sx, qx)
+
+  def side(p):
+    items, ratings, mask = ep[f"{p}_item"], ep[f"{p}_rating"], ep[f"{p}_mask"]
+    return leave_own_out(tables, featurize(tables, ep["user"], items), ep["user"], items, ratings, mask)
+
+  sx, qx = support_cooc(tables, ep, side("support"), side("query"))
   return Episode(Batch(sx, ep["support_rating"], ep["support_mask"]), Batch(qx, ep["query_rating"], ep["query_mask"]))
 
 

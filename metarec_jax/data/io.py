@@ -65,6 +65,17 @@ def read_rows(
 DELIMITERS = {"tab": "\t", "semicolon": ";", "comma": ",", "pipe": "|"}
 
 
+def resolve_delimiter(value: str) -> str:
+  """A --csv_delimiter value (a name of DELIMITERS or one character) -> the character."""
+  char = DELIMITERS.get(value, value)
+  if len(char) != 1 or char in '"\r\n':
+    raise ValueError(
+      f"csv_delimiter must be one character (not a quote or line break) or one of {', '.join(DELIMITERS)}, "
+      f"got {value!r}"
+    )
+  return char
+
+
 def read_csv_rows(path: str, *, delimiter: str = ",", source: str = "") -> list[tuple[int, list[str]]]:
   """Reads a CSV as spreadsheets, pandas and databases write it: (line_number, fields) rows.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from metarec_jax.data import csv_data, lastfm, melu_ml1m, movielens, synthetic
-from metarec_jax.data.io import DELIMITERS, resolve_data_dir
+from metarec_jax.data.io import resolve_data_dir, resolve_delimiter
 from metarec_jax.data.schema import Dataset
 
 DATASETS = ("synthetic", "ml-100k", "ml-1m", "lastfm", "hetrec-lastfm", "csv")
@@ -37,7 +37,7 @@ def load_dataset(
       item_features=csv_item_features,
       columns=tuple(csv_columns),
       rating_scale=csv_rating_scale,
-      delimiter=DELIMITERS.get(csv_delimiter, csv_delimiter),
+      delimiter=resolve_delimiter(csv_delimiter),
     )
   if name == "synthetic":
     return synthetic.generate(

@@ -28,27 +28,26 @@ def create_learner(name: str, model=None, *, base: Learner | None = None, base_f
   return learner
 
 
-def warm_start(name: str, params, pooled):
-  """--init=pooled: the spec's warm start from the pooled network's parameters (unchanged when
-  it has none). A stacked learner warm-starts its wrapped learner from the pooled network of
-  the same stack; its base stays as fitted."""
-  spec = get_spec(name)
-  if spec.warm_start is None:
-    return params
+def _on_wrapped(fn, params, *args):
+  """`fn(params, *args)`, applied to the wrapped learner's parameters of a stacked learner (its
+  base stays as fitted)."""
   if unwrap(params) is not params:
-    return {**params, "learner": spec.warm_start(unwrap(params), unwrap(pooled))}
-  return spec.warm_start(params, pooled)
+    return {**params, "learner": fn(unwrap(params), *(unwrap(a) for a in args))}
+  return fn(params, *args)
+
+
+def warm_start(name: str, params, pooled):
+  """--init=pooled: the spec's warm start from the pooled network's parameters (unchanged when it
+  has none); a stacked learner warm-starts from the pooled network of the same stack."""
+  spec = get_spec(name)
+  return params if spec.warm_start is None else _on_wrapped(spec.warm_start, params, pooled)
 
 
 def attach_options(name: str, params, options: dict):
   """The parameters a grid point of `name` is evaluated with: its spec's `attach` (options that
-  travel in the parameters), applied to the wrapped learner of a stacked one."""
+  travel in the parameters)."""
   spec = get_spec(name)
-  if spec.attach is None:
-    return params
-  if unwrap(params) is not params:
-    return {**params, "learner": spec.attach(unwrap(params), options)}
-  return spec.attach(params, options)
+  return params if spec.attach is None else _on_wrapped(lambda p: spec.attach(p, options), params)
 
 
 def __getattr__(attr):
