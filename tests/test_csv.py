@@ -1,5 +1,6 @@
 """The CSV loader (a user's own data): parsing, feature types, id maps and one clear error per bad file."""
 
+import json
 import os
 
 import numpy as np
@@ -58,7 +59,7 @@ def test_csv_parses_ids_features_and_times(tmp_path):
     (dict(ratings=""), "ratings.csv: file is empty"),
     (dict(ratings="user,item,rating\n"), "ratings.csv: no ratings after the header"),
     (dict(raw=b"user,item,rating\nu1,m\xff,5\n"), "ratings.csv:2: bytes are not valid utf-8"),
-    (dict(items=ITEMS + "m9,Zeta,drama,2000\n"), "items.csv:5: item 'm9' has no rating in the ratings file"),
+    (dict(users=USERS + "u9,F,30\n"), "users.csv:5: user 'u9' has no rating in the ratings file"),
     (dict(items=ITEMS.replace("m3,Gamma,,\n", "")), "items.csv: 1 rated item(s) have no feature row, e.g. 'm3'"),
     (dict(items=ITEMS + "m1,Again,drama,1990\n"), "items.csv:5: item 'm1' repeats line 2"),
     (dict(users="user,gender,age,city\nu1,F,23,x\nu2,M,41,y\nu3,F,,z\n"), "users.csv:1: column 'city' has no type"),
@@ -80,6 +81,35 @@ def test_rating_scale_and_duplicates(tmp_path, caplog):
   assert "1 duplicate (user, item) rows; kept the last of each" in caplog.text
 
 
+def test_catalogue_items_nobody_rated_are_new_items(tmp_path):
+  from metarec_jax.data.tasks import TaskConfig, split_users_items
+
+  ds = load(write(tmp_path, items=ITEMS + "m9,Zeta,drama,2000\nm8,Eta,,\n"))
+  assert list(ds.item_ids) == ["m1", "m2", "m3", "m9", "m8"] and ds.n_ratings == 5
+  assert ds.item_titles[3:] == ["Zeta", "Eta"] and ds.features["item/genre"][4].tolist() == [-1, -1]
+  np.testing.assert_array_equal(ds.item_release, [10, 11, 13, np.inf, np.inf])
+  split = split_users_items(ds, TaskConfig(query_size=1, min_ratings=2), seed=0)
+  # the new-item share (20 %) counts the 3 rated items: round(0.6) = 1 (m3, the newest) plus both unrated
+  np.testing.assert_array_equal(split.new_item, [False, False, True, True, True])
+  # without timestamps no rated item is new, the unrated ones still are
+  ratings = "user,item,rating\n" + "".join(",".join(r.split(",")[:3]) + "\n" for r in RATINGS.splitlines()[1:])
+  ds = load(write(tmp_path, ratings=ratings, items=ITEMS + "m9,Zeta,drama,2000\n"))
+  split = split_users_items(ds, TaskConfig(query_size=1, min_ratings=2), seed=0)
+  np.testing.assert_array_equal(split.new_item, [False, False, False, True])
+
+
+def test_split_of_fully_rated_data_is_unchanged_by_the_catalogue_rule():
+  # Every item of the built-in data has ratings: the new items are the newest 20 % of all items.
+  from metarec_jax.data import synthetic
+  from metarec_jax.data.tasks import TaskConfig, split_users_items
+
+  ds = synthetic.generate(n_users=60, n_items=50, min_ratings=15, max_ratings=30, seed=3)
+  assert np.bincount(ds.items, minlength=ds.n_items).min() > 0
+  new = split_users_items(ds, TaskConfig(), seed=0).new_item
+  order = np.lexsort((np.arange(ds.n_items), ds.item_release))
+  np.testing.assert_array_equal(np.flatnonzero(new), np.sort(order[-10:]))
+
+
 @pytest.mark.slow
 def test_csv_binary_end_to_end_and_one_line_errors(tmp_path):
   from metarec_jax.data import synthetic
@@ -91,6 +121,7 @@ def test_csv_binary_end_to_end_and_one_line_errors(tmp_path):
   (tmp_path / "r.csv").write_text("\n".join(lines) + "\n")
   genre = ds.features["item/genre"]
   rows = ["item,genre"] + [f"item{i},{'|'.join(str(g) for g in genre[i] if g >= 0)}" for i in range(ds.n_items)]
+  rows += ["catalogue1,0|1", "catalogue2,2"]  # nobody has rated these yet
   (tmp_path / "i.csv").write_text("\n".join(rows) + "\n")
   common = [
     "--dataset=csv",
@@ -104,11 +135,16 @@ def test_csv_binary_end_to_end_and_one_line_errors(tmp_path):
     "--embed_dim=4",
     "--inner_steps=1",
     "--baselines=support_mean",
-    "--nocheckpoints",
   ]
   proc = run_binary("experiments.train", *common, f"--workdir={tmp_path}/run")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert os.path.isfile(tmp_path / "run" / "final_metrics.json")
+  proc = run_binary(
+    "experiments.recommend", f"--workdir={tmp_path}/run", "--ratings=item1:5,item2:1", "--top_k=100", "--json"
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  listed = {row["item_id"]: row for row in json.loads(proc.stdout)["top_k"]}
+  assert len(listed) == 100 and listed["catalogue1"]["new_item"] and listed["catalogue2"]["new_item"]
   proc = run_binary("experiments.train", *common[:3], "--csv_columns=genre:multihot", f"--workdir={tmp_path}/bad")
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (

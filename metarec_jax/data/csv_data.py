@@ -8,11 +8,13 @@ feature; each feature column's type is given by `columns` ("name:categorical",
   multihot     the cell is split on SEP, each distinct token one id (empty cell: no token);
   numeric      bucketed into up to `numeric_buckets` quantile bins (an empty cell: own bin);
   title        an item's display name (not a feature).
-A feature column without a type is an error, as is a feature row whose id has no rating,
-or a rated user/item without a feature row (when a feature file is given).
+A feature column without a type is an error, as is a user feature row whose user has no
+rating, or a rated user/item without a feature row (when a feature file is given). An item
+feature row whose item nobody has rated is a catalogue item: a new item in every split (it can
+be recommended from its features).
 Cold-start split: users are new by the time of their first rating and items by the time
 of their first rating ("release"); without a timestamp column every timestamp is 0, users
-split by file order and no item is new (the item-cold scenarios are then empty).
+split by file order and no rated item is new (the item-cold scenarios are then empty).
 Duplicate (user, item) rows keep the last one in file order (counted in the log).
 Files are read with Python's `csv` rules (`io.read_csv_rows`: quoting, a byte-order mark, CRLF,
 trimmed cells, `#` comment lines, `delimiter`).
@@ -21,6 +23,7 @@ trimmed cells, `#` comment lines, `delimiter`).
 from __future__ import annotations
 
 import numpy as np
+from absl import logging
 
 from metarec_jax.data.io import dedupe_keep_last, parse_float, parse_int, read_csv_rows
 from metarec_jax.data.movielens import multihot_table
@@ -110,11 +113,15 @@ def load_csv(
     features.update(f_tables)
     if side == "item" and f_titles is not None:
       titles = f_titles
+  n_rated = int(items.max()) + 1 if len(items) else 0  # catalogue-only items come after the rated ones
+  if len(item_index) > n_rated:
+    logging.info("%s: %d catalogue items have no rating yet; they are new items", item_features, len(item_index) - n_rated)
   release = np.full(len(item_index), np.nan)
   if n_cols == 4:
     first_seen = np.full(len(item_index), np.iinfo(np.int64).max)
     np.minimum.at(first_seen, items, stamps)
     release = first_seen.astype(np.float64)
+    release[n_rated:] = np.inf  # unrated: released after every rated item
   ds = Dataset(
     name=name,
     users=users,
@@ -144,17 +151,20 @@ def _read_features(path, side, index, types, numeric_buckets, delimiter=","):
         f"{path}:1: column {c!r} has no type; give it with --csv_columns={c}:TYPE "
         f"(TYPE one of {', '.join(COLUMN_TYPES)})"
       )
-  values = {c: [None] * len(index) for c in cols[1:]}
   seen = {}
   for line, parts in rows[1:]:
     rid = parts[0].strip()
-    if rid not in index:
-      raise DataError(f"{path}:{line}: {side} {rid!r} has no rating in the ratings file")
     if rid in seen:
       raise DataError(f"{path}:{line}: {side} {rid!r} repeats line {seen[rid]}")
+    if rid not in index:
+      if side == "user":
+        raise DataError(f"{path}:{line}: user {rid!r} has no rating in the ratings file (a user needs ratings)")
+      index[rid] = len(index)  # a catalogue item nobody has rated yet: a new item
     seen[rid] = line
+  values = {c: [None] * len(index) for c in cols[1:]}
+  for line, parts in rows[1:]:
     for c, v in zip(cols[1:], parts[1:]):
-      values[c][index[rid]] = v.strip()
+      values[c][index[parts[0].strip()]] = v.strip()
   missing = [rid for rid in index if rid not in seen]
   if missing:
     raise DataError(f"{path}: {len(missing)} rated {side}(s) have no feature row, e.g. {missing[0]!r}")

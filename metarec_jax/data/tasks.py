@@ -110,11 +110,14 @@ def split_users_items(ds: Dataset, cfg: TaskConfig, seed: int) -> ColdStartSplit
       new_users=np.array(ds.split_hint["new_users"], np.int32),
       item_cold_users=np.sort(warm),
     )
-  # Items: the newest `new_item_frac` by release date are new; unknown dates stay existing.
-  release = np.nan_to_num(ds.item_release, nan=-np.inf)
-  order = np.lexsort((np.arange(ds.n_items), release))
-  n_new_items = int(round(cfg.new_item_frac * ds.n_items))
-  new_item = np.zeros(ds.n_items, bool)
+  # Items: the newest `new_item_frac` of the rated items by release date are new; an item with an
+  # unknown date stays existing (without dates no rated item is new). A catalogue item nobody
+  # has rated is always new and not counted in the share.
+  rated = np.bincount(ds.items, minlength=ds.n_items) > 0
+  order = np.lexsort((np.arange(ds.n_items), np.nan_to_num(ds.item_release, nan=-np.inf)))
+  order = order[rated[order] & ~np.isnan(ds.item_release[order])]
+  n_new_items = min(int(round(cfg.new_item_frac * rated.sum())), len(order))
+  new_item = ~rated
   if n_new_items:
     new_item[order[-n_new_items:]] = True
   # Users: the last `new_user_frac` to join (by first rating) are new.
