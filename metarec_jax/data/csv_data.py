@@ -162,7 +162,7 @@ def _read_features(path, side, index, types, numeric_buckets, delimiter=","):
       index[rid] = len(index)  # a catalogue item nobody has rated yet: a new item
     seen[rid] = line
   values = {c: [None] * len(index) for c in cols[1:]}
-  for line, parts in rows[1:]:
+  for _, parts in rows[1:]:
     for c, v in zip(cols[1:], parts[1:]):
       values[c][index[parts[0].strip()]] = v.strip()
   missing = [rid for rid in index if rid not in seen]
