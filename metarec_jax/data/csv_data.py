@@ -115,7 +115,9 @@ def load_csv(
       titles = f_titles
   n_rated = int(items.max()) + 1 if len(items) else 0  # catalogue-only items come after the rated ones
   if len(item_index) > n_rated:
-    logging.info("%s: %d catalogue items have no rating yet; they are new items", item_features, len(item_index) - n_rated)
+    logging.info(
+      "%s: %d catalogue items have no rating yet; they are new items", item_features, len(item_index) - n_rated
+    )
   release = np.full(len(item_index), np.nan)
   if n_cols == 4:
     first_seen = np.full(len(item_index), np.iinfo(np.int64).max)
