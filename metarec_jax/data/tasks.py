@@ -21,6 +21,9 @@ SCENARIOS = ("warm", "user_cold", "item_cold", "user_item_cold")
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
+  """How ratings become tasks: the query size, the 13-100 ratings filter, the k-shot support
+  cap, and the shares of new items, new users and validation users."""
+
   query_size: int = 10
   min_ratings: int = 13
   max_ratings: int = 100
@@ -142,7 +145,9 @@ def split_users_items(ds: Dataset, cfg: TaskConfig, seed: int) -> ColdStartSplit
 
 
 def build_scenarios(ds: Dataset, cfg: TaskConfig, seed: int) -> Scenarios:
-  """Meta-train, validation and the four test scenarios, all as padded episodes.
+  """Meta-train, validation and the four test scenarios, all as padded episodes
+  (`Episodes`: [task, S] support and [task, Q] query arrays, S = cfg.support_size,
+  Q = cfg.query_size).
 
   - train: train users x existing items, minus the warm-test hold-out; a user with more
     than `max_ratings` ratings is cut into several tasks.

@@ -19,8 +19,10 @@ from metarec_jax.learners.stacked import make_stacked, residual_levels, unwrap
 
 
 def create_learner(name: str, model=None, *, base: Learner | None = None, base_folds: int = 5, **options) -> Learner:
-  """Builds the registered learner `name` (its spec's `build(model, **options)`). With `base`
-  (a fitted fold-in), a trained learner predicts that base's residual (learners/stacked.py)."""
+  """Builds the registered learner `name` (its spec's `build(model, **options)`): a `Learner`
+  whose `meta_loss(params, Episode [T, S] / [T, Q], rng)` is batched over tasks and whose
+  `adapt` / `predict` take one task. With `base` (a fitted fold-in), a trained learner
+  predicts that base's residual (learners/stacked.py)."""
   spec = get_spec(name)
   learner = spec.build(model, **options)
   if base is not None and spec.trained:

@@ -26,12 +26,18 @@ from metarec_jax.labels import masked_bce
 
 
 class Batch(NamedTuple):
+  """Rated (user, item) pairs of one task ([N]) or of a task batch ([T, N]): features `x`
+  (field -> [..., N] ids, [..., N, k] multi-hot ids or dense rows), labels `y` [..., N] and
+  `mask` [..., N] (False: padding)."""
+
   x: dict[str, jnp.ndarray]  # field -> [..., N] or [..., N, k]
   y: jnp.ndarray  # [..., N]
   mask: jnp.ndarray  # [..., N] bool
 
 
 class Episode(NamedTuple):
+  """A task's support (adapted to) and query (scored) Batches: [S] / [Q], or [T, S] / [T, Q]."""
+
   support: Batch
   query: Batch
 
@@ -67,6 +73,11 @@ class FitContext:
 
 @dataclasses.dataclass(frozen=True)
 class Learner:
+  """A learner's pure functions (module docstring): `init(rng, example: Episode [T, ...], ctx)`
+  -> params; `adapt(params, support: Batch [S])` -> task state; `predict(params, state, x [N])`
+  -> [N] scores; `meta_loss(params, episodes: Episode [T, ...], rng)` -> (scalar loss, aux),
+  None for learners fitted in `init`. `link` maps scores to label space."""
+
   name: str
   family: str  # "optimisation", "model", "metric" or "baseline"
   init: Callable[..., Any]
@@ -79,6 +90,7 @@ class Learner:
 
 
 def masked_mse(pred: jnp.ndarray, y: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+  """Mean squared error over the unmasked entries: pred, y, mask [..., N] -> scalar."""
   return jnp.sum(mask * (pred - y) ** 2) / jnp.maximum(mask.sum(), 1)
 
 

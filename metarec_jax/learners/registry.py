@@ -82,10 +82,12 @@ def register(spec: LearnerSpec, *, replace: bool = False) -> LearnerSpec:
 
 
 def unregister(name: str) -> None:
+  """Removes a registered learner (tests and notebooks that register their own)."""
   _REGISTRY.pop(name, None)
 
 
 def get_spec(name: str) -> LearnerSpec:
+  """The registered spec of `name` (a ValueError naming the choices otherwise)."""
   if name not in _REGISTRY:
     raise ValueError(f"Unsupported learner: {name!r}; choose one of {', '.join(_REGISTRY)}")
   return _REGISTRY[name]
