@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from absl import app, flags
+
+
+class _NoTpuProbeNoise(logging.Filter):
+  """JAX probes for a TPU at start-up and logs "Unable to initialize backend 'tpu' ... libtpu.so"
+  on every machine without one; that line reads like an error and says nothing about the run.
+  Other backends' messages (a GPU that fails to start) still show."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Unable to initialize backend 'tpu'")
+
+
+logging.getLogger("jax._src.xla_bridge").addFilter(_NoTpuProbeNoise())
 
 
 def parse_flags(argv):

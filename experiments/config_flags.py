@@ -9,7 +9,7 @@ import typing
 
 from absl import flags
 
-from metarec_jax.config import PRESETS, Config, field_types, resolve
+from metarec_jax.config import FIELD_GROUP, PRESETS, Config, field_types, resolve
 
 FLAGS = flags.FLAGS
 
@@ -27,18 +27,24 @@ def _define(field: dataclasses.Field, tp) -> None:
   elem, is_list = _scalar(tp)
   help_, choices = field.metadata.get("help", field.name), field.metadata.get("choices")
   default = field.default
+  group = {"module_name": help_group(FIELD_GROUP[field.name])}  # --helpfull lists flags by concern
   if is_list:
-    flags.DEFINE_list(field.name, None if default is None else [str(v) for v in default], help_)
+    flags.DEFINE_list(field.name, None if default is None else [str(v) for v in default], help_, **group)
   elif elem is bool:
-    flags.DEFINE_bool(field.name, default, help_)
+    flags.DEFINE_bool(field.name, default, help_, **group)
   elif elem is int:
-    flags.DEFINE_integer(field.name, default, help_)
+    flags.DEFINE_integer(field.name, default, help_, **group)
   elif elem is float:
-    flags.DEFINE_float(field.name, default, help_)
+    flags.DEFINE_float(field.name, default, help_, **group)
   elif choices:
-    flags.DEFINE_enum(field.name, default, list(choices), help_)
+    flags.DEFINE_enum(field.name, default, list(choices), help_, **group)
   else:
-    flags.DEFINE_string(field.name, default, help_)
+    flags.DEFINE_string(field.name, default, help_, **group)
+
+
+def help_group(group: str) -> str:
+  """The heading a group's flags are listed under in --helpfull."""
+  return f"{group} flags"
 
 
 def parse_value(name: str, tp, value):
@@ -61,6 +67,7 @@ flags.DEFINE_enum(
   "default",
   list(PRESETS),
   "Named preset (metarec_jax/config.py PRESETS); flags given on the command line override it.",
+  module_name=help_group("data"),
 )
 
 

@@ -20,13 +20,14 @@ from absl import app, flags
 
 from experiments import cli
 
+from metarec_jax.data.io import resolve_data_dir
 from metarec_jax.download import DATASET_FOLDERS, RAW, DownloadError, fetch_dataset, markdown_table
 
 flags.DEFINE_enum("dataset", None, list(DATASET_FOLDERS) + ["all"], "The dataset to fetch (the loaders' names).")
 flags.DEFINE_string(
   "data_dir",
-  os.environ.get("METAREC_DATA_DIR"),
-  "Where the dataset folders go (default $METAREC_DATA_DIR; required when that is unset).",
+  None,
+  "Where the dataset folders go (default: $METAREC_DATA_DIR; when that is unset too, ./data, as the loaders).",
 )
 flags.DEFINE_multi_string(
   "source",
@@ -49,17 +50,16 @@ def main(argv):
   try:
     if FLAGS.dataset is None:
       raise DownloadError("--dataset is required: one of " + ", ".join(list(DATASET_FOLDERS) + ["all"]))
-    if not FLAGS.data_dir:
-      raise DownloadError("--data_dir is required (or set $METAREC_DATA_DIR)")
+    data_dir = resolve_data_dir(FLAGS.data_dir)
     names = list(DATASET_FOLDERS) if FLAGS.dataset == "all" else [FLAGS.dataset]
     sources = [os.path.expanduser(s) for s in FLAGS.source]
     done = {}
     for name in names:
-      done.update(fetch_dataset(name, FLAGS.data_dir, sources, FLAGS.mirror, FLAGS.overwrite))
+      done.update(fetch_dataset(name, data_dir, sources, FLAGS.mirror, FLAGS.overwrite))
   except DownloadError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(json.dumps({"data_dir": FLAGS.data_dir, "folders": done}, indent=2, sort_keys=True))
+  print(json.dumps({"data_dir": data_dir, "folders": done}, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,11 @@ flags.DEFINE_string(
   os.environ.get("METAREC_COMPILE_CACHE", runtime.DEFAULT_CACHE_DIR),
   "Persistent XLA compilation cache folder ('' disables it; default $METAREC_COMPILE_CACHE or "
   "~/.cache/metarec_jax/xla). Repeat compiles of the same configuration load from it.",
+  module_name="runtime flags",
 )
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
+flags.DEFINE_bool(
+  "distributed", False, "Call jax.distributed.initialize() first (multi-host runs).", module_name="runtime flags"
+)
 FLAGS = flags.FLAGS
 
 

@@ -10,28 +10,22 @@ metrics.jsonl, final_metrics.json, timing.json and orbax checkpoints (--resume c
 
 from __future__ import annotations
 
+import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import config_flags, runtime_flags
 from metarec_jax.data import DataError
 from metarec_jax.protocol import train_and_evaluate
+from metarec_jax.summary import summary_table
 
 flags.DEFINE_string("workdir", "runs/default", "Output folder.")
 flags.DEFINE_bool("resume", False, "Continue from the latest checkpoints in --workdir (same flags required).")
-flags.DEFINE_integer(
-  "exit_at_step",
-  None,
-  "Testing aid: end the process right after this meta-training step of the learner, as a kill would.",
-)
 FLAGS = flags.FLAGS
-
-
-def _headline(m: dict) -> str:
-  if "mae" in m:
-    return f"MAE {m['mae']:.4f} nDCG@3 {m.get('ndcg@3', float('nan')):.4f}"
-  return f"AUC {m['auc']:.4f} logloss {m['logloss']:.4f}"
+# Testing aid, not a flag: end the process right after this meta-training step of the learner,
+# as a kill would (tests/test_checkpoints.py).
+EXIT_AT_STEP_ENV = "METAREC_EXIT_AT_STEP"
 
 
 def main(argv):
@@ -40,13 +34,15 @@ def main(argv):
   try:
     runtime_flags.apply()
     config = config_flags.config_from_flags()
-    final = train_and_evaluate(config, FLAGS.workdir, resume=FLAGS.resume, exit_at_step=FLAGS.exit_at_step)
+    exit_at = os.environ.get(EXIT_AT_STEP_ENV)
+    final = train_and_evaluate(
+      config, FLAGS.workdir, resume=FLAGS.resume, exit_at_step=int(exit_at) if exit_at else None
+    )
   except (DataError, ValueError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  for name, res in final["results"].items():
-    logging.info("%-13s %s", name, "  ".join(f"{s}: {_headline(m)}" for s, m in res.items() if m.get("n_tasks")))
-  print(f"wrote {FLAGS.workdir}/final_metrics.json and timing.json")
+  files = ("final_metrics.json", "timing.json", "metrics.jsonl", "config.json")
+  print(summary_table(final, FLAGS.workdir, files + (("checkpoints/",) if config.checkpoints else ())))
 
 
 if __name__ == "__main__":

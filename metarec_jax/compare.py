@@ -12,6 +12,7 @@ from absl import logging
 from metarec_jax import report
 from metarec_jax.config import Config
 from metarec_jax.learners import get_spec
+from metarec_jax.progress import Progress, eta
 from metarec_jax.protocol import TIMING, train_and_evaluate
 from metarec_jax.writers import write_json_atomic, write_text_atomic
 
@@ -25,6 +26,7 @@ def compare(
     get_spec(n)  # an unknown name fails before any run
   t_start = time.perf_counter()
   runs = []
+  bar = Progress("compare", len(seeds) * len(learner_names), "run", every_s=float("inf")).__enter__()
   for seed in seeds:
     for j, name in enumerate(learner_names):
       config = dataclasses.replace(base, learner=name, seed=seed, baselines=base.baselines if j == 0 else ())
@@ -35,13 +37,19 @@ def compare(
         timing = json.load(f)
       runs.append({"learner": name, "seed": seed, "final": final, "timing": timing, "wall_s": time.perf_counter() - t0})
       cold = final["results"][name]["user_cold"]
+      bar.update(1, note=f"{name} seed {seed}")
+      left = eta(bar.done, bar.total, time.perf_counter() - t_start)
       logging.info(
-        "%s seed %d: user-cold %s (%.0fs)",
+        "compare %d/%d: %s seed %d: user-cold %s (%.0fs%s)",
+        bar.done,
+        bar.total,
         name,
         seed,
         f"MAE {cold['mae']:.4f}" if "mae" in cold else f"AUC {cold.get('auc', float('nan')):.4f}",
         runs[-1]["wall_s"],
+        f"; {left}" if left else "",
       )
+  bar.__exit__(None, None, None)
   md, summary = report.build_table(runs, learner_names, list(base.few_shot_ks))
   total = time.perf_counter() - t_start
   stacked = (

@@ -33,7 +33,9 @@ class Config:
   """Every option of a run. experiments/config_flags.py turns each field into a flag."""
 
   dataset: str = opt("synthetic", "Dataset.", DATASETS)
-  data_dir: str | None = opt(None, "Folder holding the dataset folders (default: $METAREC_DATA_DIR).")
+  data_dir: str | None = opt(
+    None, "Folder holding the dataset folders (default: $METAREC_DATA_DIR; when that is unset too, ./data)."
+  )
   synthetic_users: int = opt(600, "Users of the synthetic generator.")
   synthetic_items: int = opt(800, "Items of the synthetic generator.")
   synthetic_min_ratings: int = opt(15, "Fewest ratings of a synthetic user.")
@@ -83,10 +85,10 @@ class Config:
   base: str = opt(
     "",
     "Stack every meta-trained learner on this fold-in baseline: it predicts the baseline's "
-    "residual (options chosen on validation; empty: none).",
+    f"residual (options chosen on validation; one of {', '.join(learners.FOLDIN)}; empty: none).",
   )
   base_folds: int = opt(5, "--base: folds of training users the base is cross-fitted over.")
-  learner: str = opt("maml", "Learner to meta-train (any registered learner).")
+  learner: str = opt("maml", f"Learner to meta-train: {', '.join(learners.LEARNERS)} (or one registered later).")
   inner_steps: int = opt(5, "Inner (adaptation) gradient steps.")
   inner_lr: float = opt(0.1, "Inner (adaptation) learning rate.")
   outer_lr: float = opt(1e-3, "Outer Adam learning rate.")
@@ -113,7 +115,9 @@ class Config:
   max_ratings: int = opt(100, "Most ratings a test task may have.")
   max_support: int | None = opt(None, "Cap on the support size (k-shot).")
   val_user_frac: float = opt(0.15, "Share of existing users held out for validation.")
-  baselines: tuple[str, ...] = opt(learners.BASELINES, "Baselines to run on the same splits (registered baselines).")
+  baselines: tuple[str, ...] = opt(
+    learners.BASELINES, f"Baselines to run on the same splits, any of: {', '.join(learners.ALL_BASELINES)}."
+  )
   eval_chunk: int = opt(128, "Tasks per evaluation call (one compile serves every chunk).")
   ndcg_ks: tuple[int, ...] = opt((1, 3, 5), "nDCG cut-offs (and P/R@k for binary labels; each at most --query_size).")
   few_shot_ks: tuple[int, ...] = opt((), "Support sizes of the few-shot curve (support capped at each k).")
@@ -217,6 +221,42 @@ class Config:
       if b not in learners.ALL_BASELINES:
         raise ValueError(f"Unsupported baseline: {b!r}; choose from {', '.join(learners.ALL_BASELINES)}")
     self.task_config()
+
+
+# The concern each field's flag is listed under in --helpfull (tests: every field in one group).
+FIELD_GROUPS = {
+  "data": (
+    "dataset",
+    "data_dir",
+    "synthetic_users",
+    "synthetic_items",
+    "synthetic_min_ratings",
+    "synthetic_max_ratings",
+    "csv_ratings",
+    "csv_user_features",
+    "csv_item_features",
+    "csv_columns",
+    "csv_delimiter",
+    "csv_rating_scale",
+    "lastfm_protocol",
+    "cooc_dim",
+    "cooc_support_dim",
+    "label",
+    "label_threshold",
+    "query_size",
+    "min_ratings",
+    "max_ratings",
+    "max_support",
+    "val_user_frac",
+  ),
+  "model": ("model", "rank", "hybrid_alpha", "adapt_alpha", "embed_dim", "hidden", "item_id_feature", "linear"),
+  "learner": ("learner", "base", "base_folds", "inner_steps", "inner_lr", "adapt", "first_order", "init", "baselines"),
+  "training": ("outer_lr", "meta_batch_size", "epochs", "patience", "id_dropout", "redraw", "weight_decay", "seed"),
+  "evaluation": ("eval_chunk", "ndcg_ks", "few_shot_ks", "few_shot_scenarios"),
+  "checkpoints": ("checkpoints", "checkpoint_every", "keep_checkpoints"),
+  "runtime": ("devices", "task_chunk"),
+}
+FIELD_GROUP = {name: group for group, names in FIELD_GROUPS.items() for name in names}
 
 
 def field_types() -> dict[str, typing.Any]:

@@ -20,6 +20,7 @@ from metarec_jax.config import INIT_FROM_POOLED, Config, check_resumable
 from metarec_jax.data.tasks import SCENARIOS
 from metarec_jax.evaluate import score
 from metarec_jax.learners import POOLED, REUSE, TRAIN, get_spec, warm_start
+from metarec_jax.progress import Progress
 from metarec_jax.setup import Setup, build_setup
 from metarec_jax.training.loop import fit
 
@@ -36,9 +37,10 @@ class FinalMetrics(TypedDict):
   base: dict | None  # --base: {"name", "selected", "val/<criterion>", "folds"} of the fold-in stacked on
   families: dict[str, str]  # every evaluated learner -> its family
   results: dict[str, dict[str, dict]]  # learner -> scenario -> metrics
-  # Gradient learners: learner -> scenario -> {"mean_abs_change", "<criterion>_without_adaptation"}
+  # The learner under study, when it adapts by gradient steps: scenario -> {"mean_abs_change" (mean
+  # |adapted - unadapted| query prediction), "<criterion>_without_adaptation"}; {} otherwise
   adaptation: dict[str, dict]
-  few_shot: dict[str, dict]  # scenario -> learner -> support size k -> metrics
+  few_shot: dict[str, dict]  # --few_shot_ks: scenario -> learner -> support size k -> metrics ({} without)
   # learner -> {"best_epoch", "best_val/<criterion>", "epochs_run", "steps"} for trained ones,
   # {"selected", "val/<criterion>"} for those with a validation grid
   training: dict[str, dict]
@@ -67,7 +69,7 @@ def _fresh_workdir(config: Config, workdir: str, resume: bool) -> None:
       # exists, and the best step could restore the earlier run's parameters).
       raise ValueError(
         f"{earlier}: holds checkpoints of an earlier run; continue it with --resume, or use a new "
-        "--workdir (or --out), or delete that folder"
+        "--workdir (experiments.compare: a new --out), or delete that folder"
       )
 
 
@@ -132,18 +134,25 @@ class _Run:
     preds, self.results[learner.name] = self.evaluate(learner, params, fn)
     return learner, params, preds
 
-  def evaluate(self, learner, params, fn=None, few_shot_curve=True):
+  def evaluate(self, learner, params, fn=None, few_shot_curve=True, phase=None):
     st, c = self.st, self.st.config
     ev, scen = st.evaluator, st.scen
     fn = fn or ev.predict_fn(learner)
     self.families[learner.name] = learner.family
-    preds = {s: ev.predict(fn, params, ("test", s), scen.test[s]) for s in SCENARIOS}
-    if c.few_shot_ks and few_shot_curve:
-      for s in c.few_shot_scenarios:
+    curve_ks = c.few_shot_ks if few_shot_curve else ()
+    n_splits = len(SCENARIOS) + len(curve_ks) * len(c.few_shot_scenarios)
+    with Progress(phase or f"{learner.name}: evaluation", n_splits, "split") as bar:
+      preds, metrics = {}, {}
+      for s in SCENARIOS:
+        preds[s] = ev.predict(fn, params, ("test", s), scen.test[s])
+        metrics[s] = score(preds[s], scen.test[s], c.ndcg_ks, scen.label)
+        bar.update(1)
+      for s in c.few_shot_scenarios if curve_ks else ():
         curve = self.few_shot.setdefault(s, {}).setdefault(learner.name, {})
-        for k in c.few_shot_ks:
+        for k in curve_ks:
           curve[str(k)] = ev.score(fn, params, ("few_shot", s, k), scen.test[s].cap_support(k))
-    return preds, {s: score(preds[s], scen.test[s], c.ndcg_ks, scen.label) for s in SCENARIOS}
+          bar.update(1)
+    return preds, metrics
 
 
 def train_and_evaluate(
@@ -192,19 +201,22 @@ def train_and_evaluate(
   adaptation = {}
   if spec.inner_loop and config.inner_steps > 0:
     frozen = st.make(config.learner, inner_steps=0)
-    preds0, res0 = run.evaluate(frozen, params, few_shot_curve=False)
+    preds0, res0 = run.evaluate(
+      frozen, params, few_shot_curve=False, phase=f"{config.learner} without adaptation: evaluation"
+    )
     for s in SCENARIOS:
       m = scen.test[s].query_mask
       delta = float(np.abs(preds[s] - preds0[s])[m].mean()) if m.any() else None
       adaptation[s] = {"mean_abs_change": delta, f"{criterion}_without_adaptation": res0[s].get(criterion)}
 
   # Baselines on the same splits.
-  for name in config.baselines:
-    if name == config.learner:
-      continue
-    t0 = time.perf_counter()
-    run.row(name)
-    run.timing[name] = time.perf_counter() - t0
+  others = [name for name in config.baselines if name != config.learner]
+  with Progress("baselines", len(others), "baseline") as bar:
+    for name in others:
+      t0 = time.perf_counter()
+      run.row(name)
+      run.timing[name] = time.perf_counter() - t0
+      bar.update(1, note=name)
 
   final: FinalMetrics = {
     "dataset": {
@@ -232,6 +244,7 @@ def train_and_evaluate(
     "learners": run.timing,
     "training": run.train_timing,
   }
+  final = writers.round_floats(final)
   writers.write_json_atomic(os.path.join(workdir, FINAL_METRICS), final)
   writers.write_json_atomic(os.path.join(workdir, TIMING), timing)
   return final

@@ -19,6 +19,7 @@ from metarec_jax.evaluate import Evaluator
 from metarec_jax.labels import LabelSpec
 from metarec_jax.learners import Episode, FitContext, Learner, attach_options, create_learner, get_spec, residual_levels
 from metarec_jax.models import create_model
+from metarec_jax.progress import Progress
 
 # Validation is scored with these nDCG cut-offs whatever the run's --ndcg_ks.
 VAL_KS = (1, 3, 5)
@@ -80,21 +81,23 @@ class Setup:
     sign = -1.0 if spec.select_metric else 1.0
     grid = (dict(recorded["selected"]),) if recorded is not None else spec.grid
     best, fn = None, None
-    for options in grid:
-      cand = self.make(name, **options)
-      cand_params = attach_options(name, params_for(cand), options)
-      if fn is None or not spec.grid_traced:  # one predict function for a traced grid
-        fn = self.evaluator.predict_fn(cand)
-      val = recorded.get("val") if recorded is not None else self.val_score(fn, cand_params)[metric]
-      if best is None or sign * val < sign * best["val"]:
-        best = {
-          "learner": cand,
-          "params": cand_params,
-          "options": options,
-          "metric": metric,
-          "val": val,
-          "predict_fn": fn,
-        }
+    with Progress(f"{name}: validation grid", len(grid), "point") as bar:
+      for options in grid:
+        cand = self.make(name, **options)
+        cand_params = attach_options(name, params_for(cand), options)
+        if fn is None or not spec.grid_traced:  # one predict function for a traced grid
+          fn = self.evaluator.predict_fn(cand)
+        val = recorded.get("val") if recorded is not None else self.val_score(fn, cand_params)[metric]
+        if best is None or sign * val < sign * best["val"]:
+          best = {
+            "learner": cand,
+            "params": cand_params,
+            "options": options,
+            "metric": metric,
+            "val": val,
+            "predict_fn": fn,
+          }
+        bar.update(1, note=f"best val {metric} {best['val']:.4f}")
     self.selected[name] = best
     return best
 
@@ -120,7 +123,8 @@ def dataset_options(config: Config) -> dict:
 
 def build_setup(config: Config) -> Setup:
   """Loads the dataset and builds everything a run (or `recommend`) needs; deterministic in the seed."""
-  ds = load_dataset(config.dataset, **dataset_options(config))
+  with Progress(f"{config.dataset}: load", None):
+    ds = load_dataset(config.dataset, **dataset_options(config))
   label = label_spec(config, ds)
   if config.base and label.binary:
     raise ValueError(

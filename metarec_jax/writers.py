@@ -29,6 +29,18 @@ def to_jsonable(obj: Any) -> Any:
   return obj
 
 
+def round_floats(obj: Any, digits: int = 6) -> Any:
+  """`obj` with every float rounded to `digits` significant digits (the metrics are float32
+  means: digits past the sixth are noise, not information)."""
+  if isinstance(obj, dict):
+    return {k: round_floats(v, digits) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return type(obj)(round_floats(v, digits) for v in obj)
+  if isinstance(obj, (float, np.floating)) and math.isfinite(obj):
+    return float(f"{float(obj):.{digits}g}")
+  return obj
+
+
 def mean_std(values) -> list | None:
   """[mean, std, n] of the non-None values (population std), or None if there are none."""
   values = [float(v) for v in values if v is not None]

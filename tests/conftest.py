@@ -28,11 +28,12 @@ def shared_data_dir():
   return path
 
 
-def run_binary(module: str, *args: str, timeout: int = 600):
-  """Runs `python -m module args...` from the repo root; returns the CompletedProcess."""
+def run_binary(module: str, *args: str, timeout: int = 600, env_extra: dict | None = None):
+  """Runs `python -m module args...` from the repo root (with `env_extra` added to the
+  environment); returns the CompletedProcess."""
   import subprocess
 
-  env = dict(os.environ)
+  env = {**os.environ, **(env_extra or {})}
   env["JAX_COMPILATION_CACHE_DIR"] = _CACHE
   return subprocess.run(
     [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout

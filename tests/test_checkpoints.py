@@ -64,7 +64,9 @@ def test_run_keeps_latest_k_plus_best_and_records_them(uninterrupted):
 @pytest.mark.parametrize("exit_at_step", [14])  # epoch 2 of 3 (11 steps each), two steps after the checkpoint at 12
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted, exit_at_step):
   workdir = str(tmp_path / "run")
-  proc = run_binary("experiments.train", *TINY, f"--workdir={workdir}", f"--exit_at_step={exit_at_step}")
+  proc = run_binary(
+    "experiments.train", *TINY, f"--workdir={workdir}", env_extra={"METAREC_EXIT_AT_STEP": str(exit_at_step)}
+  )
   assert proc.returncode == 75, proc.stderr[-2000:]  # killed: no final metrics yet
   assert not os.path.exists(os.path.join(workdir, "final_metrics.json"))
   proc = run_binary("experiments.train", *TINY, f"--workdir={workdir}", "--resume")

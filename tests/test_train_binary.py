@@ -81,6 +81,15 @@ def test_binary_ml100k_one_epoch(tmp_path, shared_data_dir):
   assert proc.returncode == 0, proc.stderr[-3000:]
   final = _check_outputs(workdir, "maml", ["item_mean", "support_mean"], 1)
   assert final["dataset"]["n_ratings"] == 100000
+  # stdout: the end-of-run table (learner and baselines x scenarios) and the files written
+  out = proc.stdout.strip().splitlines()
+  assert out[0].startswith("maml and 2 baselines on ml-100k, test tasks; MAE (lower is better) / nDCG@3")
+  assert [line.split()[0] for line in out[3:6]] == ["maml", "item_mean", "support_mean"]
+  assert out[-1].startswith(f"wrote {workdir}/final_metrics.json, {workdir}/timing.json")
+  # stderr: each phase's start and end, and no TPU probe noise
+  for phase in ("ml-100k: load: started", "maml: meta-training: started", "baselines: done in"):
+    assert phase in proc.stderr
+  assert "libtpu" not in proc.stderr
   assert all(final["dataset"]["n_test_tasks"][s] > 20 for s in SCENARIOS)
 
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarec_jax.data.schema import Dataset, FieldSpec
+from metarec_jax.progress import Progress
 
 ITEM_ID_FIELD = "item/id"
 
@@ -121,10 +122,12 @@ def _svd_rows(pos: np.ndarray, gram: np.ndarray, keep: np.ndarray, dim: int) -> 
   return np.pad(e, ((0, 0), (0, dim - e.shape[1])))
 
 
-def _cross_fitted(pos: np.ndarray, gram: np.ndarray, fold_of: np.ndarray, folds: int, dim: int):
+def _cross_fitted(pos: np.ndarray, gram: np.ndarray, fold_of: np.ndarray, folds: int, dim: int, bar=None):
   """(full fit [n_items, dim], fold fits [folds, n_items, dim]), scaled, folds rotated onto the full
-  (no fold fits with folds 0)."""
+  (no fold fits with folds 0). `bar` (a progress.Progress) counts the fits."""
   full = _svd_rows(pos, gram, np.ones(len(pos), bool), dim)
+  if bar is not None:
+    bar.update(1)
   seen = pos.sum(0) > 0
   scale = float(np.sqrt((full[seen] ** 2).sum(1).mean())) if seen.any() else 1.0
   scale = scale if scale > 0 else 1.0
@@ -133,6 +136,8 @@ def _cross_fitted(pos: np.ndarray, gram: np.ndarray, fold_of: np.ndarray, folds:
     e = _svd_rows(pos, gram, fold_of != f, dim)
     p, _, qt = np.linalg.svd(e.T @ full)
     fits.append(e @ (p @ qt))
+    if bar is not None:
+      bar.update(1)
   fits = np.stack(fits) if fits else np.zeros((0,) + full.shape)
   return (full / scale).astype(np.float32), (fits / scale).astype(np.float32)
 
@@ -163,10 +168,11 @@ def cooccurrence_tables(
   fold_of_user = np.full(n_users, -1, np.int32)
   fold_of_user[train] = fold_of if folds else -1
   out = {COOC_FOLD_OF_USER: fold_of_user}
-  if dim:
-    out[COOC_FIELD], out[COOC_FOLD_TABLES] = _cross_fitted(pos, gram, fold_of, folds, dim)
-  if support_dim:
-    out[COOC_SUPPORT_ROWS], out[COOC_SUPPORT_FOLDS] = _cross_fitted(pos, gram, fold_of, folds, support_dim)
+  with Progress("co-occurrence features", (folds + 1) * (bool(dim) + bool(support_dim)), "fit") as bar:
+    if dim:
+      out[COOC_FIELD], out[COOC_FOLD_TABLES] = _cross_fitted(pos, gram, fold_of, folds, dim, bar)
+    if support_dim:
+      out[COOC_SUPPORT_ROWS], out[COOC_SUPPORT_FOLDS] = _cross_fitted(pos, gram, fold_of, folds, support_dim, bar)
   return out
 
 

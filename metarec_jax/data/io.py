@@ -15,8 +15,14 @@ DATA_DIR_ENV = "METAREC_DATA_DIR"
 
 
 def resolve_data_dir(data_dir: str | None) -> str:
-  """`data_dir` if given, else $METAREC_DATA_DIR, else ./data."""
-  return data_dir or os.environ.get(DATA_DIR_ENV) or "data"
+  """`data_dir` if given, else $METAREC_DATA_DIR, else ./data (logged: which one, and why)."""
+  if data_dir:
+    return data_dir
+  if os.environ.get(DATA_DIR_ENV):
+    logging.info("data folder: $%s=%s", DATA_DIR_ENV, os.environ[DATA_DIR_ENV])
+    return os.environ[DATA_DIR_ENV]
+  logging.info("data folder: ./data (no --data_dir given and $%s is unset)", DATA_DIR_ENV)
+  return "data"
 
 
 def require_file(path: str, *, source: str) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from metarec_jax import progress as progress_lib
 from metarec_jax import runtime, writers
 from metarec_jax.checkpoint import FitCheckpoints
 from metarec_jax.learners import Learner
@@ -107,10 +108,15 @@ def _fit(learner, params, data, config, *, n_tasks, val_score, select, log, ckpt
   order_fn = make_epoch_order(n_tasks, B, mesh)
   n_batches = -(-n_tasks // B)
 
+  # Started before the first validation score (its compile is part of the phase).
+  bar = progress_lib.Progress(
+    f"{learner.name}: meta-training", config.epochs, "epoch", every_s=float("inf")
+  ).__enter__()
   if resume and ckpt is not None and ckpt.latest_step() is not None:
     done = ckpt.done()
     if done is not None:  # this fit had finished: its best params and summary
       logging.info("%s: finished before; restoring its best checkpoint (step %d)", learner.name, done["best_step"])
+      bar.__exit__(None, None, None)
       if log:
         log.replace(learner.name, done["records"])
       return ckpt.restore_params(done["best_step"], params), done["info"]
@@ -149,6 +155,7 @@ def _fit(learner, params, data, config, *, n_tasks, val_score, select, log, ckpt
       fail(step, p.epoch if p.row else p.epoch - 1, "parameters", p.losses[-1] if p.losses else p.last_finite)
     ckpt.save(step, st, val)
 
+  bar.done = bar_start = state.progress.epoch - 1  # a resumed fit continues the count
   while state.progress.epoch <= config.epochs and state.progress.bad_epochs < config.patience:
     prog = state.progress
     epoch, t0 = prog.epoch, time.perf_counter()
@@ -166,7 +173,7 @@ def _fit(learner, params, data, config, *, n_tasks, val_score, select, log, ckpt
       losses += [float(x) for x in np.asarray(seg)]
       step = (epoch - 1) * n_batches + row
       if exit_at_step is not None and step == exit_at_step:
-        logging.warning("exit at step %d (--exit_at_step)", step)
+        logging.warning("exit at step %d (METAREC_EXIT_AT_STEP)", step)
         logging.flush()
         os._exit(75)
       if ckpt is not None and ckpt.every and step % ckpt.every == 0 and row < n_batches:
@@ -192,15 +199,19 @@ def _fit(learner, params, data, config, *, n_tasks, val_score, select, log, ckpt
     record.update({f"val/{k}": v for k, v in val.items() if k in LOGGED_VAL})
     if log:
       log.write(record)
+    bar.update(1, note=f"val {select} {val.get(select, float('nan')):.4f}")
+    left = progress_lib.eta(epoch - bar_start, config.epochs - bar_start, time.perf_counter() - bar.t0)
     logging.info(
-      "%s epoch %d: train loss %.4f, val %s %.4f, val nDCG@3 %.4f (%.1fs)",
+      "%s epoch %d/%d: train loss %.4f, val %s %.4f, val nDCG@3 %.4f (%.1fs%s)",
       learner.name,
       epoch,
+      config.epochs,
       record["train/loss"],
       select,
       val.get(select, float("nan")),
       val.get("ndcg@3", float("nan")),
       epoch_time,
+      f"; {left} at most" if left else "",
     )
     step = epoch * n_batches
     improved = val.get(select) is not None and (prog.best_val is None or val[select] < prog.best_val)
@@ -223,6 +234,7 @@ def _fit(learner, params, data, config, *, n_tasks, val_score, select, log, ckpt
     )
     if ckpt is not None and (improved or not ckpt.every or step % ckpt.every == 0):
       save(step, state, val.get(select))
+  bar.__exit__(None, None, None)
   prog = state.progress
   steps = int(state.train.step)
   info = {
