@@ -301,7 +301,7 @@ def _download(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=60) as resp:
       total = resp.headers.get("Content-Length")
       chunks = []
-      with Progress(f"download {url}", int(total) if total else None, unit="B", every_s=10) as bar:
+      with Progress(f"download {url}", int(total) if total else None, unit="B", every_s=10, scale=True) as bar:
         while chunk := resp.read(1 << 20):
           chunks.append(chunk)
           bar.update(len(chunk))

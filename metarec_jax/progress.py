@@ -38,8 +38,11 @@ class Progress:
   """A phase of `total` units. `update(n, note=...)` adds n done units; `note` (e.g. the last
   loss) is shown with the progress. Works as a context manager; the end line gives the time."""
 
-  def __init__(self, phase: str, total: int | None, unit: str = "step", every_s: float = 30.0, stream=None):
-    self.phase, self.total, self.unit, self.every_s = phase, total, unit, every_s
+  def __init__(
+    self, phase: str, total: int | None, unit: str = "step", every_s: float = 30.0, stream=None, scale: bool = False
+  ):
+    """`scale`: a bar of bytes (unit "B") shown in kB / MB."""
+    self.phase, self.total, self.unit, self.every_s, self.scale = phase, total, unit, every_s, scale
     self.stream = stream if stream is not None else sys.stderr
     self.done, self.bar = 0, None
 
@@ -50,7 +53,15 @@ class Progress:
     if _is_terminal(self.stream):
       import tqdm
 
-      self.bar = tqdm.tqdm(total=self.total, desc=self.phase, unit=self.unit, leave=False, file=self.stream)
+      self.bar = tqdm.tqdm(
+        total=self.total,
+        desc=self.phase,
+        unit=self.unit,
+        leave=False,
+        file=self.stream,
+        unit_scale=self.scale,
+        unit_divisor=1024 if self.scale else 1000,
+      )
     return self
 
   def update(self, n: int = 1, note: str = "") -> None:
