@@ -34,7 +34,9 @@ from metarec_jax.recommend import (
 from metarec_jax.writers import to_jsonable, write_json_atomic
 
 flags.DEFINE_string("workdir", None, "A finished experiments.train run folder (config.json and checkpoints).")
-flags.DEFINE_string("data_dir", None, "Where the dataset folders are (default: the run's, then $METAREC_DATA_DIR).")
+flags.DEFINE_string(
+  "data_dir", None, "Where the dataset folders are (default: the run's, then $METAREC_DATA_DIR, then ./data)."
+)
 flags.DEFINE_string("ratings", None, "The new user's ratings as item_id:rating,item_id:rating,...")
 flags.DEFINE_string("ratings_file", None, "A CSV with the header item_id,rating (instead of --ratings).")
 flags.DEFINE_list(

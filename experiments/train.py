@@ -41,8 +41,8 @@ def main(argv):
   except (DataError, ValueError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  files = ("final_metrics.json", "timing.json", "metrics.jsonl", "config.json")
-  print(summary_table(final, FLAGS.workdir, files + (("checkpoints/",) if config.checkpoints else ())))
+  files = ("final_metrics.json", "timing.json", "metrics.jsonl", "config.json", "checkpoints/")
+  print(summary_table(final, FLAGS.workdir, tuple(f for f in files if os.path.exists(os.path.join(FLAGS.workdir, f)))))
 
 
 if __name__ == "__main__":

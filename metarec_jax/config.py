@@ -20,6 +20,7 @@ from metarec_jax.models import MODELS
 
 # --init: meta-train from the pooled network (the learner's spec says how), or from its own init.
 INIT_FROM_POOLED, INIT_FROM_SCRATCH = "pooled", "scratch"
+PROTOCOLS = ("rating", "ranking")
 
 
 def opt(default, help: str, choices=None):  # noqa: A002 (absl's name)
@@ -32,6 +33,12 @@ def opt(default, help: str, choices=None):  # noqa: A002 (absl's name)
 class Config:
   """Every option of a run. experiments/config_flags.py turns each field into a flag."""
 
+  protocol: str = opt(
+    "rating",
+    "rating: MeLU's protocol (tasks of rated items, the four cold-start scenarios); ranking: strong "
+    "generalization (binarized, 80 % of a new user's positives folded in, the whole catalogue ranked).",
+    PROTOCOLS,
+  )
   dataset: str = opt("synthetic", "Dataset.", DATASETS)
   data_dir: str | None = opt(
     None, "Folder holding the dataset folders (default: $METAREC_DATA_DIR; when that is unset too, ./data)."
@@ -114,6 +121,12 @@ class Config:
   min_ratings: int = opt(13, "Fewest ratings a test task may have.")
   max_ratings: int = opt(100, "Most ratings a test task may have.")
   max_support: int | None = opt(None, "Cap on the support size (k-shot).")
+  support_cap: int | None = opt(
+    None, "--protocol=ranking: fold in only each test user's k earliest positives (the few-shot variant)."
+  )
+  ranking_min_item_users: int = opt(
+    1, "--protocol=ranking: drop items with fewer positive users (over all users, before the split)."
+  )
   val_user_frac: float = opt(0.15, "Share of existing users held out for validation.")
   baselines: tuple[str, ...] = opt(
     learners.BASELINES, f"Baselines to run on the same splits, any of: {', '.join(learners.ALL_BASELINES)}."
@@ -121,7 +134,9 @@ class Config:
   eval_chunk: int = opt(128, "Tasks per evaluation call (one compile serves every chunk).")
   ndcg_ks: tuple[int, ...] = opt((1, 3, 5), "nDCG cut-offs (and P/R@k for binary labels; each at most --query_size).")
   few_shot_ks: tuple[int, ...] = opt((), "Support sizes of the few-shot curve (support capped at each k).")
-  few_shot_scenarios: tuple[str, ...] = opt(("user_cold",), "Scenarios of the few-shot curve.")
+  few_shot_scenarios: tuple[str, ...] = opt(
+    ("user_cold",), f"Scenarios of the few-shot curve, any of: {', '.join(SCENARIOS)}."
+  )
   devices: int = opt(1, "Devices the task axis of each meta-batch is sharded over (0: all visible).")
   task_chunk: int = opt(
     0,
@@ -210,6 +225,9 @@ class Config:
       value, choices = getattr(self, f.name), f.metadata.get("choices")
       if choices and value is not None and value not in choices:
         raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+    if self.protocol == "ranking":
+      self._validate_ranking()
+      return
     learners.get_spec(self.learner)
     for s in self.few_shot_scenarios:
       if s not in SCENARIOS:
@@ -222,10 +240,24 @@ class Config:
         raise ValueError(f"Unsupported baseline: {b!r}; choose from {', '.join(learners.ALL_BASELINES)}")
     self.task_config()
 
+  def _validate_ranking(self) -> None:
+    from metarec_jax.ranking import RANKERS
+
+    for name in (self.learner,) + tuple(self.baselines):
+      if name not in RANKERS:
+        raise ValueError(
+          f"--protocol=ranking: {name!r} has no ranking model; choose from {', '.join(RANKERS)} "
+          "(the meta-learners' ranking objectives are not built yet)"
+        )
+    for what, v in (("support_cap", self.support_cap), ("ranking_min_item_users", self.ranking_min_item_users)):
+      if v is not None and v < 1:
+        raise ValueError(f"{what} must be >= 1, got {v}")
+
 
 # The concern each field's flag is listed under in --helpfull (tests: every field in one group).
 FIELD_GROUPS = {
   "data": (
+    "protocol",
     "dataset",
     "data_dir",
     "synthetic_users",
@@ -248,6 +280,8 @@ FIELD_GROUPS = {
     "max_ratings",
     "max_support",
     "val_user_frac",
+    "support_cap",
+    "ranking_min_item_users",
   ),
   "model": ("model", "rank", "hybrid_alpha", "adapt_alpha", "embed_dim", "hidden", "item_id_feature", "linear"),
   "learner": ("learner", "base", "base_folds", "inner_steps", "inner_lr", "adapt", "first_order", "init", "baselines"),
@@ -272,7 +306,13 @@ def field_types() -> dict[str, typing.Any]:
 DATASET_DEFAULTS = {
   "ml-1m": {"epochs": 15, "patience": 3},
   "lastfm": {"ndcg_ks": (5, 7, 10), "item_id_feature": False, "cooc_dim": 8, "cooc_support_dim": 16},
-  "hetrec-lastfm": {"ndcg_ks": (5, 7, 10), "cooc_dim": 8, "cooc_support_dim": 16},
+  "hetrec-lastfm": {"ndcg_ks": (5, 7, 10), "cooc_dim": 8, "cooc_support_dim": 16, "ranking_min_item_users": 5},
+}
+
+# Defaults of the ranking protocol, over the dataset defaults (a field set by a preset or on the
+# command line wins): its learner and baselines, and Mult-VAE's epochs.
+PROTOCOL_DEFAULTS = {
+  "ranking": {"learner": "mult_vae", "baselines": ("popularity", "item_knn", "ease", "wmf"), "epochs": 100},
 }
 
 # Named presets (--preset): Config fields over the defaults; dataset defaults fill what a
@@ -305,6 +345,7 @@ PRESETS: dict[str, dict] = {
 def with_dataset_defaults(config: Config, explicit=()) -> Config:
   """`config` with its dataset's DATASET_DEFAULTS, except for the fields in `explicit`."""
   over = {k: v for k, v in DATASET_DEFAULTS.get(config.dataset, {}).items() if k not in set(explicit)}
+  over.update({k: v for k, v in PROTOCOL_DEFAULTS.get(config.protocol, {}).items() if k not in set(explicit)})
   return dataclasses.replace(config, **over)
 
 

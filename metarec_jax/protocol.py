@@ -165,6 +165,10 @@ def train_and_evaluate(
   under <workdir>/checkpoints/<name>; `resume` continues each from its latest checkpoint.
   """
   config.validate()
+  if config.protocol == "ranking":
+    from metarec_jax.ranking.protocol import train_and_evaluate_ranking
+
+    return train_and_evaluate_ranking(config, workdir)
   t_start = time.perf_counter()
   _fresh_workdir(config, workdir, resume)
   os.makedirs(workdir, exist_ok=True)
