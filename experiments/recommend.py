@@ -20,6 +20,8 @@ from experiments import runtime_flags
 
 from metarec_jax.data import DataError
 from metarec_jax.data.tasks import SCENARIOS
+from metarec_jax.ranking import recommend as ranking_recommend
+from metarec_jax.ranking.recommend import is_ranking_run
 from metarec_jax.recommend import (
   RecommendError,
   batch_recommend,
@@ -39,6 +41,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("ratings", None, "The new user's ratings as item_id:rating,item_id:rating,...")
 flags.DEFINE_string("ratings_file", None, "A CSV with the header item_id,rating (instead of --ratings).")
+flags.DEFINE_list(
+  "liked",
+  None,
+  "The new user's liked items only, as item ids (instead of --ratings): a ranking run folds them in; a rating "
+  "run reads each as the top of the rating scale.",
+)
 flags.DEFINE_list(
   "user_features",
   [],
@@ -67,10 +75,14 @@ def main(argv):
     if FLAGS.top_k < 1:
       raise RecommendError(f"--top_k must be >= 1, got {FLAGS.top_k}")
     batch = FLAGS.batch_scenario is not None
-    if batch and (FLAGS.ratings or FLAGS.ratings_file):
-      raise RecommendError("--batch_scenario ranks the test users' own supports; drop --ratings/--ratings_file")
-    if not batch and bool(FLAGS.ratings is not None) == bool(FLAGS.ratings_file):
-      raise RecommendError("give exactly one of --ratings and --ratings_file (or --batch_scenario)")
+    given = [x for x in (FLAGS.ratings is not None, bool(FLAGS.ratings_file), FLAGS.liked is not None) if x]
+    if batch and given:
+      raise RecommendError("--batch_scenario ranks the test users' own supports; drop --ratings/--ratings_file/--liked")
+    if not batch and len(given) != 1:
+      raise RecommendError("give exactly one of --ratings, --ratings_file and --liked (or --batch_scenario)")
+    ranking = is_ranking_run(FLAGS.workdir)
+    if ranking is not None:
+      return _ranking(ranking, batch)
     features = parse_user_features(FLAGS.user_features)
     tr = load_trained(FLAGS.workdir, FLAGS.data_dir)
     if batch:
@@ -82,11 +94,13 @@ def main(argv):
       else:
         print(format_batch(res, out))
       return
-    ratings = (
-      parse_ratings(FLAGS.ratings, tr.setup.ds)
-      if FLAGS.ratings is not None
-      else read_ratings_file(FLAGS.ratings_file, tr.setup.ds)
-    )
+    if FLAGS.liked is not None:
+      top = tr.setup.ds.rating_scale[1]
+      ratings = parse_ratings(",".join(f"{i}:{top:g}" for i in FLAGS.liked), tr.setup.ds)
+    elif FLAGS.ratings is not None:
+      ratings = parse_ratings(FLAGS.ratings, tr.setup.ds)
+    else:
+      ratings = read_ratings_file(FLAGS.ratings_file, tr.setup.ds)
     res = recommend_for_new_user(tr, ratings, FLAGS.top_k, features)
   except (RecommendError, DataError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -95,6 +109,30 @@ def main(argv):
     print(json.dumps(to_jsonable(res), indent=2, sort_keys=True))
   else:
     print(format_table(res))
+
+
+def _ranking(config, batch: bool) -> None:
+  """A ranking run: batch metrics next to popularity and EASE, or one user's list from --liked."""
+  try:
+    if batch and FLAGS.batch_scenario != "user_cold":
+      raise RecommendError("a ranking run's test users are new users: use --batch_scenario=user_cold")
+    if not batch and FLAGS.liked is None:
+      raise RecommendError("a ranking run takes the new user's liked items: --liked=ID,ID,...")
+    run = ranking_recommend.RankingRun(FLAGS.workdir, config, FLAGS.data_dir)
+    res = (
+      ranking_recommend.batch(run, FLAGS.top_k) if batch else ranking_recommend.for_user(run, FLAGS.liked, FLAGS.top_k)
+    )
+  except (RecommendError, DataError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  out = None
+  if batch:
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "recommend_user_cold.json")
+    write_json_atomic(out, res)
+  if FLAGS.json:
+    print(json.dumps(to_jsonable({k: v for k, v in res.items() if k != "lists"}), indent=2, sort_keys=True))
+  else:
+    print(ranking_recommend.format_result(res, out))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def summarize(groups: dict[str, list[dict]], metrics: list[str]) -> dict:
       for s in SCENARIOS:
         out[label][name][s] = {}
         for m in metrics:
-          out[label][name][s][m] = mean_std(r["results"][name][s].get(m) for r in runs if name in r["results"])
+          out[label][name][s][m] = mean_std(r["results"][name].get(s, {}).get(m) for r in runs if name in r["results"])
       out[label][name]["val"] = mean_std(_val(r.get("training", {}).get(name, {})) for r in runs)
   return out
 
@@ -49,13 +49,19 @@ def _val(training: dict):
 
 
 def to_markdown(summary: dict, metrics: list[str]) -> str:
-  head = "| run | learner | val | " + " | ".join(f"{s} {m}" for s in SCENARIOS for m in metrics) + " |"
-  lines = [head, "|" + "---|" * (3 + len(SCENARIOS) * len(metrics))]
+  """The table of `summarize`, with a column per scenario (those some run has) and metric."""
+  scenarios = [
+    s
+    for s in SCENARIOS
+    if any(res[s][m] is not None for ls in summary.values() for res in ls.values() for m in metrics)
+  ]
+  head = "| run | learner | val | " + " | ".join(f"{s} {m}" for s in scenarios for m in metrics) + " |"
+  lines = [head, "|" + "---|" * (3 + len(scenarios) * len(metrics))]
   for label, learners in summary.items():
     for name, res in learners.items():
       v = res.get("val")
       cells = ["–" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}"]
-      for s in SCENARIOS:
+      for s in scenarios:
         for m in metrics:
           v = res[s][m]
           cells.append("–" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}")

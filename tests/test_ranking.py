@@ -157,3 +157,37 @@ def test_personalised_rankers_beat_popularity_on_two_tastes():
     recall[name] = ev.score(spec.score, spec.fit(train, options), "t", sets)["recall@20"]
   for name in ("item_knn", "ease", "wmf"):
     assert recall[name] > recall["popularity"] + 0.2, recall
+
+
+@pytest.mark.slow
+def test_ranking_run_end_to_end_with_recommend(tmp_path):
+  import json
+
+  from conftest import run_binary
+
+  workdir = str(tmp_path / "rank")
+  common = ["--protocol=ranking", "--synthetic_users=400", "--synthetic_items=150", "--epochs=4", "--few_shot_ks=1,3"]
+  proc = run_binary("experiments.train", *common, f"--workdir={workdir}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  final = json.load(open(f"{workdir}/final_metrics.json"))
+  assert final["protocol"] == "ranking" and final["learner"] == "mult_vae"
+  assert set(final["results"]) == {"mult_vae", "popularity", "item_knn", "ease", "wmf"}
+  for name, res in final["results"].items():
+    m = res["user_cold"]
+    assert m["n_users"] == final["dataset"]["test_users"] and 0 <= m["recall@20"] <= 1 and 0 <= m["ndcg@100"] <= 1
+    assert set(final["few_shot"]["user_cold"][name]) == {"1", "3"}
+    assert final["training"][name]["val/ndcg@100"] > 0
+  assert "mult_vae and 4 baselines on synthetic, test users; Recall@20 / nDCG@100" in proc.stdout
+  proc = run_binary(
+    "experiments.recommend", f"--workdir={workdir}", "--batch_scenario=user_cold", "--top_k=10", "--json"
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  res = json.loads(proc.stdout)
+  for who in ("metrics", "popularity_metrics", "ease_metrics"):
+    assert {"precision@10", "recall@10", "hr@10", "ndcg@10"} <= set(res[who])
+  proc = run_binary("experiments.recommend", f"--workdir={workdir}", "--liked=1,2", "--top_k=5", "--json")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout)
+  assert len(out["top_k"]) == 5 and not {1, 2} & {r["item_id"] for r in out["top_k"]}
+  proc = run_binary("experiments.recommend", f"--workdir={workdir}", "--ratings=1:5")
+  assert proc.returncode == 2 and "a ranking run takes the new user's liked items" in proc.stderr

@@ -63,6 +63,10 @@ def train_and_evaluate_ranking(config, workdir: str) -> dict:
       few_shot.setdefault(SCENARIO, {}).setdefault(name, {})[str(k)] = ev.score(
         spec.score, params, "test", data.test, k
       )
+    if name in (config.learner, "ease"):  # what experiments.recommend reads back
+      from metarec_jax.ranking.recommend import save_params
+
+      save_params(workdir, name, params)
     timing[name] = time.perf_counter() - t0
     m = results[name][SCENARIO]
     logging.info("%s: test Recall@20 %.4f, nDCG@100 %.4f", name, m["recall@20"], m["ndcg@100"])
