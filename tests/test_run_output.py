@@ -17,7 +17,7 @@ class Terminal(io.StringIO):
 
 
 def test_progress_logs_start_progress_with_time_left_and_end_off_a_terminal(caplog):
-  caplog.set_level("INFO")
+  caplog.set_level("INFO", logger="absl")
   stream = io.StringIO()
   with Progress("phase", 4, "step", every_s=0.0, stream=stream) as bar:
     for _ in range(4):
@@ -30,7 +30,7 @@ def test_progress_logs_start_progress_with_time_left_and_end_off_a_terminal(capl
 
 
 def test_progress_draws_a_bar_on_a_terminal(caplog):
-  caplog.set_level("INFO")
+  caplog.set_level("INFO", logger="absl")
   stream = Terminal()
   with Progress("phase", 3, "step", every_s=0.0, stream=stream) as bar:
     for _ in range(3):
@@ -95,7 +95,7 @@ def test_help_groups_every_config_flag_by_concern_and_lists_every_choice():
 def test_data_dir_fallback_is_logged(caplog, monkeypatch):
   from metarec_jax.data.io import resolve_data_dir
 
-  caplog.set_level("INFO")
+  caplog.set_level("INFO", logger="absl")
   monkeypatch.delenv("METAREC_DATA_DIR", raising=False)
   assert resolve_data_dir(None) == "data"
   assert "data folder: ./data (no --data_dir given and $METAREC_DATA_DIR is unset)" in caplog.text
