@@ -17,12 +17,13 @@ from absl import flags
 
 from experiments import cli
 
-from metarec_jax.aggregate import load_group, summarize, to_markdown
+from metarec_jax.aggregate import few_shot_markdown, load_group, summarize, to_markdown
 from metarec_jax.writers import write_json_atomic, write_text_atomic
 
 flags.DEFINE_multi_string("runs", [], "Glob of run folders forming one group (repeatable).")
 flags.DEFINE_list("labels", [], "One label per --runs group (default: the glob).")
 flags.DEFINE_list("metrics", ["mae", "rmse", "ndcg@3"], "Metrics to tabulate.")
+flags.DEFINE_string("few_shot", None, "Also tabulate this metric at each few-shot support size (e.g. recall@20).")
 flags.DEFINE_string("out", None, "Markdown output path (a .json with the same stem is written too).")
 FLAGS = flags.FLAGS
 
@@ -43,6 +44,8 @@ def main(argv):
     sys.exit(2)
   summary = summarize(groups, FLAGS.metrics)
   md = to_markdown(summary, FLAGS.metrics)
+  if FLAGS.few_shot:
+    md += f"\nFew-shot {FLAGS.few_shot} (user-cold):\n\n" + few_shot_markdown(groups, FLAGS.few_shot)
   print(md)
   if FLAGS.out:
     write_text_atomic(FLAGS.out, md)

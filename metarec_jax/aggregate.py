@@ -69,6 +69,34 @@ def to_markdown(summary: dict, metrics: list[str]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def few_shot_markdown(groups: dict[str, list[dict]], metric: str, scenario: str = "user_cold") -> str:
+  """Mean ± std of `metric` at each few-shot support size k (final_metrics.json's `few_shot`),
+  a row per group and learner."""
+  ks = sorted(
+    {
+      int(k)
+      for runs in groups.values()
+      for r in runs
+      for ls in r.get("few_shot", {}).get(scenario, {}).values()
+      for k in ls
+    }
+  )
+  lines = ["| run | learner | " + " | ".join(f"k={k}" for k in ks) + " |", "|" + "---|" * (2 + len(ks))]
+  for label, runs in groups.items():
+    names = sorted({n for r in runs for n in r.get("few_shot", {}).get(scenario, {})})
+    for name in names:
+      cells = []
+      for k in ks:
+        v = mean_std(
+          r["few_shot"][scenario].get(name, {}).get(str(k), {}).get(metric)
+          for r in runs
+          if r.get("few_shot", {}).get(scenario)
+        )
+        cells.append("–" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}")
+      lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def _leaves(tree, prefix=()):
   if isinstance(tree, dict):
     for k, v in tree.items():

@@ -192,3 +192,14 @@ def test_ranking_run_end_to_end_with_recommend(tmp_path):
   assert len(out["top_k"]) == 5 and not {1, 2} & {r["item_id"] for r in out["top_k"]}
   proc = run_binary("experiments.recommend", f"--workdir={workdir}", "--ratings=1:5")
   assert proc.returncode == 2 and "a ranking run takes the new user's liked items" in proc.stderr
+
+
+def test_few_shot_table_is_mean_and_std_over_runs():
+  from metarec_jax.aggregate import few_shot_markdown
+
+  runs = [
+    {"few_shot": {"user_cold": {"ease": {"1": {"recall@20": v}, "5": {"recall@20": v + 0.1}}}}} for v in (0.2, 0.4)
+  ]
+  md = few_shot_markdown({"g": runs}, "recall@20").splitlines()
+  assert md[0] == "| run | learner | k=1 | k=5 |"
+  assert md[2] == "| g | ease | 0.3000 ± 0.1000 | 0.4000 ± 0.1000 |"
