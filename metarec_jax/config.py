@@ -310,9 +310,10 @@ DATASET_DEFAULTS = {
 }
 
 # Defaults of the ranking protocol, over the dataset defaults (a field set by a preset or on the
-# command line wins): its learner and baselines, and Mult-VAE's epochs.
+# command line wins): its learner and baselines, and the epochs of the trained rankers.
+RANKING_BASELINES = ("popularity", "item_knn", "ease", "wmf", "mult_vae", "linear_ae")
 PROTOCOL_DEFAULTS = {
-  "ranking": {"learner": "mult_vae", "baselines": ("popularity", "item_knn", "ease", "wmf"), "epochs": 100},
+  "ranking": {"learner": "maml_rank", "baselines": RANKING_BASELINES, "epochs": 100},
 }
 
 # Named presets (--preset): Config fields over the defaults; dataset defaults fill what a

@@ -171,14 +171,14 @@ def test_ranking_run_end_to_end_with_recommend(tmp_path):
   proc = run_binary("experiments.train", *common, f"--workdir={workdir}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   final = json.load(open(f"{workdir}/final_metrics.json"))
-  assert final["protocol"] == "ranking" and final["learner"] == "mult_vae"
-  assert set(final["results"]) == {"mult_vae", "popularity", "ease"}
+  assert final["protocol"] == "ranking" and final["learner"] == "maml_rank"
+  assert set(final["results"]) == {"maml_rank", "popularity", "ease"}
   for name, res in final["results"].items():
     m = res["user_cold"]
     assert m["n_users"] == final["dataset"]["test_users"] and 0 <= m["recall@20"] <= 1 and 0 <= m["ndcg@100"] <= 1
     assert set(final["few_shot"]["user_cold"][name]) == {"1", "3"}
     assert final["training"][name]["val/ndcg@100"] > 0
-  assert "mult_vae and 2 baselines on synthetic, test users; Recall@20 / nDCG@100" in proc.stdout
+  assert "maml_rank and 2 baselines on synthetic, test users; Recall@20 / nDCG@100" in proc.stdout
   proc = run_binary(
     "experiments.recommend", f"--workdir={workdir}", "--batch_scenario=user_cold", "--top_k=10", "--json"
   )

@@ -9,6 +9,7 @@ import json
 import os
 import time
 
+import jax.numpy as jnp
 from absl import logging
 
 from metarec_jax import writers
@@ -40,7 +41,7 @@ def train_and_evaluate_ranking(config, workdir: str) -> dict:
   ev = RankingEvaluator(data.n_items)
   cap = config.support_cap
   names = [config.learner] + [b for b in config.baselines if b != config.learner]
-  results, few_shot, training, timing = {}, {}, {}, {}
+  results, few_shot, training, timing, adaptation = {}, {}, {}, {}, {}
   for name in names:
     spec = RANKERS[name]
     t0 = time.perf_counter()
@@ -59,6 +60,9 @@ def train_and_evaluate_ranking(config, workdir: str) -> dict:
     v, options, params = best
     training[name] = {"selected": options, f"val/{SELECT_METRIC}": v}
     results[name] = {SCENARIO: ev.score(spec.score, params, "test", data.test, cap)}
+    if name == config.learner and isinstance(params, dict) and "steps" in params:  # what adaptation adds
+      frozen = ev.score(spec.score, {**params, "steps": jnp.int32(0)}, "test", data.test, cap)
+      adaptation[SCENARIO] = {f"{k}_without_adaptation": frozen[k] for k in ("recall@20", "ndcg@100")}
     for k in config.few_shot_ks:
       few_shot.setdefault(SCENARIO, {}).setdefault(name, {})[str(k)] = ev.score(
         spec.score, params, "test", data.test, k
@@ -78,6 +82,7 @@ def train_and_evaluate_ranking(config, workdir: str) -> dict:
       "support_cap": cap,
       "families": {n: RANKERS[n].family for n in names},
       "results": results,
+      "adaptation": adaptation,
       "few_shot": few_shot,
       "training": training,
     }
