@@ -34,9 +34,12 @@ def main(argv):
     runtime_flags.apply()
     seeds = config_flags.parse_value("seeds", tuple[int, ...], FLAGS.seeds)
     base = config_flags.config_from_flags(**({} if FLAGS["few_shot_ks"].present else {"few_shot_ks": FEW_SHOT_KS}))
+    names = list(FLAGS.learners)
+    if base.protocol == "ranking" and not FLAGS["learners"].present:
+      names = [base.learner]  # the ranking protocol's learner (the meta-learners rank as maml_rank)
     md = compare(
       base,
-      list(FLAGS.learners),
+      names,
       list(seeds),
       FLAGS.out,
       write_report=FLAGS.report,

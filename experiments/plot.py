@@ -26,8 +26,14 @@ flags.DEFINE_string("out", None, "Output folder for the figures.")
 flags.DEFINE_list(
   "figures", [], f"Figures to draw (default: every one the inputs allow; from {', '.join(plots.FIGURES)})."
 )
-flags.DEFINE_string("few_shot_metric", "mae", f"Metric of the few-shot curve ({', '.join(plots.METRIC_LABELS)}, ...).")
-flags.DEFINE_list("compare_metrics", ["mae", "ndcg@3"], "Metrics of the comparison chart.")
+flags.DEFINE_string(
+  "few_shot_metric",
+  None,
+  f"Metric of the few-shot curve ({', '.join(plots.METRIC_LABELS)}, ...; default: mae, auc or recall@20 by the runs).",
+)
+flags.DEFINE_list(
+  "compare_metrics", None, "Metrics of the comparison chart (default: mae,ndcg@3, auc,ndcg@5 or recall@20,ndcg@100)."
+)
 flags.DEFINE_string("val_metric", "val/mae", "Validation metric of the learning curves (a metrics.jsonl field).")
 flags.DEFINE_list("formats", ["png", "svg"], "Image formats.")
 FLAGS = flags.FLAGS
@@ -38,8 +44,8 @@ def draw(
   names: list[str],
   out: str,
   *,
-  few_shot_metric="mae",
-  compare_metrics=("mae", "ndcg@3"),
+  few_shot_metric=None,
+  compare_metrics=None,
   val_metric="val/mae",
   formats=("png", "svg"),
 ) -> dict[str, list[str]]:
@@ -51,7 +57,7 @@ def draw(
     elif name == "learning_curves":
       fig = plots.learning_curve_figure(res, val_metric)
     elif name == "comparison":
-      fig = plots.comparison_figure(res, tuple(compare_metrics))
+      fig = plots.comparison_figure(res, tuple(compare_metrics) if compare_metrics else None)
     else:
       fig = plots.speed_figure(res)
     written[name] = plots.save_figure(fig, os.path.join(out, name), tuple(formats))

@@ -11,10 +11,17 @@ from absl import logging
 
 from metarec_jax import report
 from metarec_jax.config import Config
-from metarec_jax.learners import get_spec
 from metarec_jax.progress import Progress, eta
 from metarec_jax.protocol import TIMING, train_and_evaluate
 from metarec_jax.writers import write_json_atomic, write_text_atomic
+
+
+def _headline(m: dict) -> str:
+  if "mae" in m:
+    return f"MAE {m['mae']:.4f}"
+  if "recall@20" in m:
+    return f"Recall@20 {m['recall@20']:.4f}"
+  return f"AUC {m.get('auc', float('nan')):.4f}"
 
 
 def compare(
@@ -23,7 +30,7 @@ def compare(
   """Runs every (seed, learner) on `base` (the baselines with the first learner of each seed),
   writes <out>/results.json, table.md and (report) report.md; returns the markdown."""
   for n in learner_names:
-    get_spec(n)  # an unknown name fails before any run
+    dataclasses.replace(base, learner=n).validate()  # an unknown name fails before any run
   t_start = time.perf_counter()
   runs = []
   bar = Progress("compare", len(seeds) * len(learner_names), "run", every_s=float("inf")).__enter__()
@@ -45,7 +52,7 @@ def compare(
         bar.total,
         name,
         seed,
-        f"MAE {cold['mae']:.4f}" if "mae" in cold else f"AUC {cold.get('auc', float('nan')):.4f}",
+        _headline(cold),
         runs[-1]["wall_s"],
         f"; {left}" if left else "",
       )

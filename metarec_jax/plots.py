@@ -38,7 +38,23 @@ def _title(kind: str, res: Results) -> str:
   return f"{kind}: {res.dataset}" if res.dataset else kind
 
 
-def few_shot_figure(res: Results, metric: str = "mae"):
+def default_metrics(res: Results) -> tuple[str, str]:
+  """The two metrics the figures show: MAE / nDCG@3 (ratings), AUC / nDCG@5 (binary labels) or
+  Recall@20 / nDCG@100 (the ranking protocol), from the first run's metrics."""
+  for r in res.runs:
+    for scen in r["final"]["results"].values():
+      for m in scen.values():
+        if "recall@20" in m:
+          return "recall@20", "ndcg@100"
+        if "mae" in m:
+          return "mae", "ndcg@3"
+        if "auc" in m:
+          return "auc", "ndcg@5"
+  return "mae", "ndcg@3"
+
+
+def few_shot_figure(res: Results, metric: str | None = None):
+  metric = metric or default_metrics(res)[0]
   data = few_shot_data(res)
   if not data:
     raise ResultsError("no few-shot results (field 'few_shot'); run compare or train with --few_shot_ks")
@@ -116,9 +132,10 @@ def learning_curve_figure(res: Results, val_metric: str = "val/mae"):
   return fig
 
 
-def comparison_figure(res: Results, metrics=("mae", "ndcg@3")):
+def comparison_figure(res: Results, metrics=None):
   if not res.runs:
     raise ResultsError("no learner results (compare results.json or final_metrics.json) to compare")
+  metrics = metrics or default_metrics(res)
   order = learner_order(res)
   colours = _colours(order)
   fig, axes = plt.subplots(

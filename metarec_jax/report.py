@@ -80,6 +80,7 @@ def write_report(
 # The compare binary's tables (experiments/compare.py).
 METRICS = ("mae", "rmse", "ndcg@3", "ndcg@5")
 BINARY_METRICS = ("auc", "logloss", "precision@5", "recall@5", "ndcg@5")  # binary labels (implicit data)
+RANKING_METRICS = ("recall@20", "recall@50", "ndcg@100", "precision@10", "hr@10")  # --protocol=ranking
 
 
 def table_metrics(runs: list[dict]) -> tuple[tuple[str, ...], str]:
@@ -88,6 +89,8 @@ def table_metrics(runs: list[dict]) -> tuple[tuple[str, ...], str]:
   for r in runs:
     for res in r["final"]["results"].values():
       for m in res.values():
+        if "recall@20" in m:
+          return RANKING_METRICS, "recall@20"
         if m.get("n_tasks"):
           return (METRICS, "mae") if "mae" in m else (BINARY_METRICS, "auc")
   return METRICS, "mae"
@@ -106,13 +109,15 @@ def build_table(runs: list[dict], learners: list[str], ks: list[int]) -> tuple[s
       if n not in names:
         names.append(n)
   metrics, curve_metric = table_metrics(runs)
+  scenarios = [s for s in SCENARIOS if any(s in res for r in runs for res in r["final"]["results"].values())]
   summary = {"results": {}, "few_shot": {}, "timing": {}}
   for n in names:
     summary["results"][n] = {
       s: {
-        m: mean_std([r["final"]["results"][n][s].get(m) for r in runs if n in r["final"]["results"]]) for m in metrics
+        m: mean_std([r["final"]["results"][n].get(s, {}).get(m) for r in runs if n in r["final"]["results"]])
+        for m in metrics
       }
-      for s in SCENARIOS
+      for s in scenarios
     }
     cold = [r["final"]["few_shot"].get("user_cold", {}) for r in runs]
     summary["few_shot"][n] = {
@@ -120,7 +125,7 @@ def build_table(runs: list[dict], learners: list[str], ks: list[int]) -> tuple[s
     }
   for n in learners:
     mine = [r for r in runs if r["learner"] == n]
-    tr = [r["timing"]["training"].get(n, {}) for r in mine]
+    tr = [r["timing"].get("training", {}).get(n, {}) for r in mine]
     summary["timing"][n] = {
       "wall_s": mean_std([r["wall_s"] for r in mine]),
       "tasks_per_s": mean_std([t.get("tasks_per_s") for t in tr]),
@@ -130,11 +135,11 @@ def build_table(runs: list[dict], learners: list[str], ks: list[int]) -> tuple[s
     lines += [
       f"### {m} (mean ± std over seeds)",
       "",
-      "| learner | family | " + " | ".join(SCENARIOS) + " |",
-      "|---|---|" + "---|" * len(SCENARIOS),
+      "| learner | family | " + " | ".join(scenarios) + " |",
+      "|---|---|" + "---|" * len(scenarios),
     ]
     for n in names:
-      lines.append(f"| {n} | {families[n]} | " + " | ".join(fmt(summary["results"][n][s][m]) for s in SCENARIOS) + " |")
+      lines.append(f"| {n} | {families[n]} | " + " | ".join(fmt(summary["results"][n][s][m]) for s in scenarios) + " |")
     lines.append("")
   if ks:
     lines += [

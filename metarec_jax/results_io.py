@@ -19,6 +19,9 @@ METRIC_LABELS = {
   "rmse": "RMSE (rating points, lower is better)",
   "ndcg@3": "nDCG@3 (higher is better)",
   "ndcg@5": "nDCG@5 (higher is better)",
+  "auc": "AUC (higher is better)",
+  "recall@20": "Recall@20 (higher is better)",
+  "ndcg@100": "nDCG@100 (higher is better)",
 }
 FAMILY_ORDER = ("baseline", "optimisation", "model", "metric")
 

@@ -203,3 +203,26 @@ def test_few_shot_table_is_mean_and_std_over_runs():
   md = few_shot_markdown({"g": runs}, "recall@20").splitlines()
   assert md[0] == "| run | learner | k=1 | k=5 |"
   assert md[2] == "| g | ease | 0.3000 ± 0.1000 | 0.4000 ± 0.1000 |"
+
+
+@pytest.mark.slow
+def test_compare_draws_the_few_shot_ranking_curve(tmp_path):
+  import os
+
+  from metarec_jax.compare import compare
+  from metarec_jax.config import resolve
+
+  base = resolve(
+    "default",
+    {"protocol": "ranking", "synthetic_users": 300, "synthetic_items": 100, "epochs": 2, "few_shot_ks": (1, 3)},
+  )
+  base = dataclasses_replace(base, baselines=("popularity", "ease"))
+  md = compare(base, ["maml_rank"], [0], str(tmp_path / "cmp"))
+  assert "user-cold RECALL@20 against support size k" in md and "| ease | " in md
+  assert os.path.isfile(tmp_path / "cmp" / "figures" / "few_shot.png")
+
+
+def dataclasses_replace(config, **kw):
+  import dataclasses
+
+  return dataclasses.replace(config, **kw)

@@ -77,7 +77,13 @@ def train_and_evaluate_ranking(config, workdir: str) -> dict:
   final = writers.round_floats(
     {
       "protocol": "ranking",
-      "dataset": {"name": data.name, **data.report},
+      "dataset": {
+        "name": data.name,
+        "n_users": data.report["users"],
+        "n_items": data.n_items,
+        "n_ratings": data.report["positives"],
+        **data.report,
+      },
       "learner": config.learner,
       "support_cap": cap,
       "families": {n: RANKERS[n].family for n in names},
