@@ -53,6 +53,9 @@ flags.DEFINE_list(
   "Optional user features as field=code (e.g. gender=1); unset fields take the most common value among training users.",
 )
 flags.DEFINE_integer("top_k", 10, "How many items to recommend.")
+flags.DEFINE_integer(
+  "min_item_ratings", 0, "Recommend only items with at least this many training ratings (0: every item)."
+)
 flags.DEFINE_bool("json", False, "Print machine-readable JSON instead of a table.")
 flags.DEFINE_enum(
   "batch_scenario",
@@ -101,7 +104,7 @@ def main(argv):
       ratings = parse_ratings(FLAGS.ratings, tr.setup.ds)
     else:
       ratings = read_ratings_file(FLAGS.ratings_file, tr.setup.ds)
-    res = recommend_for_new_user(tr, ratings, FLAGS.top_k, features)
+    res = recommend_for_new_user(tr, ratings, FLAGS.top_k, features, FLAGS.min_item_ratings)
   except (RecommendError, DataError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -120,7 +123,9 @@ def _ranking(config, batch: bool) -> None:
       raise RecommendError("a ranking run takes the new user's liked items: --liked=ID,ID,...")
     run = ranking_recommend.RankingRun(FLAGS.workdir, config, FLAGS.data_dir)
     res = (
-      ranking_recommend.batch(run, FLAGS.top_k) if batch else ranking_recommend.for_user(run, FLAGS.liked, FLAGS.top_k)
+      ranking_recommend.batch(run, FLAGS.top_k)
+      if batch
+      else ranking_recommend.for_user(run, FLAGS.liked, FLAGS.top_k, FLAGS.min_item_ratings)
     )
   except (RecommendError, DataError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

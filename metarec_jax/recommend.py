@@ -219,14 +219,23 @@ def _episode(users, support_items, support_ratings, support_mask, candidates):
 
 
 def recommend_for_new_user(
-  tr: Trained, ratings: list[tuple[int, float]], top_k: int = 10, features: dict[str, str] | None = None
+  tr: Trained,
+  ratings: list[tuple[int, float]],
+  top_k: int = 10,
+  features: dict[str, str] | None = None,
+  min_item_ratings: int = 0,
 ) -> dict:
-  """Adapts to `ratings` and ranks every item the user has not rated; returns a JSON-able dict."""
+  """Adapts to `ratings` and ranks every item the user has not rated (and, with
+  `min_item_ratings`, that has at least that many training ratings); scores are in the rating
+  scale (clipped to it) or, for binary labels, probabilities. Returns a JSON-able dict."""
   st, ds = tr.setup, tr.setup.ds
   if not ratings:
     raise RecommendError("no ratings given; the learner adapts from at least one rating")
   rated = np.array([i for i, _ in ratings])
   candidates = np.setdiff1d(np.arange(ds.n_items), rated)
+  if min_item_ratings:
+    counts = np.bincount(st.scen.train_ratings[1], minlength=ds.n_items)
+    candidates = candidates[counts[candidates] >= min_item_ratings]
   if not 1 <= top_k <= len(candidates):
     raise RecommendError(f"--top_k={top_k} must be in [1, {len(candidates)}] (the items the user has not rated)")
   tables, user, values = new_user_tables(st, features)
@@ -245,7 +254,9 @@ def recommend_for_new_user(
       )
     )
   )[0]
-  order = np.argsort(-scores, kind="stable")[:top_k]
+  order = np.argsort(-scores, kind="stable")[:top_k]  # ranked by the raw score (no ties from clipping)
+  if not st.scen.label.binary:  # reported in the rating scale: a rating beyond it is not a rating
+    scores = np.clip(scores, *ds.rating_scale)
   known = np.zeros(ds.n_items, bool)
   known[st.scen.train_ratings[1]] = True
   rows = [

@@ -177,3 +177,17 @@ def test_a_fine_tuned_learner_restores_the_pooled_network_and_its_recorded_choic
   pred = tr.setup.evaluator.predict(tr.learner, tr.params, ("test", "user_cold"), scen.test["user_cold"])
   got = score(pred, scen.test["user_cold"], tr.setup.config.ndcg_ks, scen.label)["mae"]
   assert got == pytest.approx(final["results"]["finetune"]["user_cold"]["mae"], rel=1e-6)
+
+
+def test_min_item_ratings_and_scores_within_the_rating_scale(trained):
+  st = trained.setup
+  counts = np.bincount(st.scen.train_ratings[1], minlength=st.ds.n_items)
+  cut = int(np.median(counts[counts > 0]))
+  res = recommend_for_new_user(trained, parse_ratings("1:5,2:4,3:1", st.ds), top_k=20, min_item_ratings=cut)
+  index = {i: j for j, i in enumerate(st.ds.item_ids)}
+  assert all(counts[index[r["item_id"]]] >= cut for r in res["top_k"])
+  assert res["n_candidates"] == int(
+    np.sum(counts[np.setdiff1d(np.arange(st.ds.n_items), [index[1], index[2], index[3]])] >= cut)
+  )
+  lo, hi = st.ds.rating_scale
+  assert all(lo <= r["score"] <= hi for r in res["top_k"])

@@ -121,9 +121,14 @@ def batch(run: RankingRun, top_k: int = 10) -> dict:
   return out
 
 
-def for_user(run: RankingRun, liked: list, top_k: int = 10) -> dict:
+MULTINOMIAL = ("maml_rank", "linear_ae", "mult_vae")  # their scores are logits of a softmax over the items
+
+
+def for_user(run: RankingRun, liked: list, top_k: int = 10, min_item_ratings: int = 0) -> dict:
   """Top-K of the catalogue for a new user who likes the items `liked` (ids as in the source
-  files); scores are the learner's (Mult-VAE: logits; EASE / kNN: weighted overlaps)."""
+  files), among the items with at least `min_item_ratings` training positives. Scores: the
+  multinomial models' probability that the user's next liked item is this one (a softmax over
+  the items not folded in); other rankers' own scores (EASE, kNN: weighted overlaps)."""
   data = run.data
   index = {str(i): j for j, i in enumerate(data.item_ids)}
   missing = [str(i) for i in liked if str(i) not in index]
@@ -132,14 +137,19 @@ def for_user(run: RankingRun, liked: list, top_k: int = 10) -> dict:
   s = np.zeros((1, data.n_items), np.float32)
   s[0, [index[str(i)] for i in liked]] = 1.0
   scores = run.scores(run.spec, run.params, s)[0]
-  order = [j for j in np.argsort(-scores, kind="stable") if s[0, j] == 0][:top_k]
+  if run.config.learner in MULTINOMIAL:
+    z = np.where(s[0] > 0, -np.inf, scores - scores[s[0] == 0].max())
+    scores = np.exp(z) / np.exp(z).sum()
+  enough = data.train_x.sum(0) >= min_item_ratings
+  order = [j for j in np.argsort(-scores, kind="stable") if s[0, j] == 0 and enough[j]][:top_k]
   title = (lambda j: data.titles[j]) if data.titles else (lambda j: None)
   return {
     "protocol": "ranking",
     "dataset": data.name,
     "learner": run.config.learner,
     "liked": [{"item_id": _plain(data.item_ids[index[str(i)]]), "title": title(index[str(i)])} for i in liked],
-    "n_candidates": int(data.n_items - len(liked)),
+    "n_candidates": int(((s[0] == 0) & enough).sum()),
+    "score": "probability" if run.config.learner in MULTINOMIAL else "score",
     "top_k": [
       {"rank": r + 1, "item_id": _plain(data.item_ids[j]), "title": title(j), "score": float(scores[j])}
       for r, j in enumerate(order)
@@ -163,7 +173,7 @@ def format_result(res: dict, out: str | None = None) -> str:
   lines = [f"{res['dataset']}, learner {res['learner']}; liked {len(res['liked'])} items:"]
   lines += [f"  {r['item_id']}  {r['title'] or ''}" for r in res["liked"]]
   lines.append(f"top {len(res['top_k'])} of {res['n_candidates']} items:")
-  lines += [f"  {r['rank']:>4}  {r['item_id']!s:>6}  {r['score']:7.3f}  {r['title'] or ''}" for r in res["top_k"]]
+  lines += [f"  {r['rank']:>4}  {r['item_id']!s:>6}  {r['score']:8.4f}  {r['title'] or ''}" for r in res["top_k"]]
   return "\n".join(lines)
 
 
