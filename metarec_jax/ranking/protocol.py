@@ -52,7 +52,8 @@ def train_and_evaluate_ranking(config, workdir: str) -> dict:
     best = None
     with Progress(f"{name}: fit and validation grid", len(spec.grid), "point") as bar:
       for options in spec.grid:
-        params = spec.fit(data.train_x, {**options, "seed": config.seed, "epochs": config.epochs}, val)
+        fit_options = {**options, "seed": config.seed, "epochs": config.epochs, "support_cap": cap}
+        params = spec.fit(data.train_x, fit_options, val)
         v = val(params)
         if best is None or v > best[0]:
           best = (v, options, params)
