@@ -151,10 +151,13 @@ def test_recommend_binary_text_json_and_errors(tmp_path, tiny_trained_run):
   )
   for args, message in [
     (["--ratings=1:5,2:7"], "error: --ratings pair 2: rating 7 is outside the rating scale [1, 5]"),
-    ([], "error: give exactly one of --ratings and --ratings_file (or --batch_scenario)"),
+    ([], "error: give exactly one of --ratings, --ratings_file and --liked (or --batch_scenario)"),
   ]:
     proc = run_binary("experiments.recommend", f"--workdir={tiny_trained_run}", *args)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == message, proc.stderr[-500:]
+  proc = run_binary("experiments.recommend", f"--workdir={tiny_trained_run}", "--liked=1,2", "--top_k=3", "--json")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert [r["rating"] for r in json.loads(proc.stdout)["ratings"]] == [5.0, 5.0]  # liked: the top of the scale
   proc = run_binary("experiments.recommend", f"--workdir={tmp_path}/nothing", "--ratings=1:5")
   assert proc.returncode == 2 and "config.json: not found" in proc.stderr
 
