@@ -27,10 +27,9 @@ from metarec_jax.recommend import (
   batch_recommend,
   format_batch,
   format_table,
-  parse_user_features,
   load_trained,
-  parse_ratings,
-  read_ratings_file,
+  new_user_ratings,
+  parse_user_features,
   recommend_for_new_user,
 )
 from metarec_jax.writers import to_jsonable, write_json_atomic
@@ -83,61 +82,29 @@ def main(argv):
       raise RecommendError("--batch_scenario ranks the test users' own supports; drop --ratings/--ratings_file/--liked")
     if not batch and len(given) != 1:
       raise RecommendError("give exactly one of --ratings, --ratings_file and --liked (or --batch_scenario)")
+    out = FLAGS.out or os.path.join(FLAGS.workdir, f"recommend_{FLAGS.batch_scenario}.json")
     ranking = is_ranking_run(FLAGS.workdir)
-    if ranking is not None:
-      return _ranking(ranking, batch)
-    features = parse_user_features(FLAGS.user_features)
-    tr = load_trained(FLAGS.workdir, FLAGS.data_dir)
-    if batch:
-      res = batch_recommend(tr, FLAGS.batch_scenario, FLAGS.top_k, FLAGS.relevance_threshold)
-      out = FLAGS.out or os.path.join(FLAGS.workdir, f"recommend_{FLAGS.batch_scenario}.json")
-      write_json_atomic(out, res)
-      if FLAGS.json:
-        print(json.dumps(to_jsonable({k: v for k, v in res.items() if k != "lists"}), indent=2, sort_keys=True))
-      else:
-        print(format_batch(res, out))
-      return
-    if FLAGS.liked is not None:
-      top = tr.setup.ds.rating_scale[1]
-      ratings = parse_ratings(",".join(f"{i}:{top:g}" for i in FLAGS.liked), tr.setup.ds)
-    elif FLAGS.ratings is not None:
-      ratings = parse_ratings(FLAGS.ratings, tr.setup.ds)
+    if ranking is not None:  # a --protocol=ranking run
+      args = (FLAGS.batch_scenario, FLAGS.top_k, FLAGS.liked, FLAGS.min_item_ratings)
+      res = ranking_recommend.recommend(ranking, FLAGS.workdir, FLAGS.data_dir, *args)
+      text = ranking_recommend.format_result(res, out)
     else:
-      ratings = read_ratings_file(FLAGS.ratings_file, tr.setup.ds)
-    res = recommend_for_new_user(tr, ratings, FLAGS.top_k, features, FLAGS.min_item_ratings)
+      tr = load_trained(FLAGS.workdir, FLAGS.data_dir)
+      if batch:
+        res = batch_recommend(tr, FLAGS.batch_scenario, FLAGS.top_k, FLAGS.relevance_threshold)
+        text = format_batch(res, out)
+      else:
+        ratings = new_user_ratings(tr, FLAGS.ratings, FLAGS.ratings_file, FLAGS.liked)
+        features = parse_user_features(FLAGS.user_features)
+        res = recommend_for_new_user(tr, ratings, FLAGS.top_k, features, FLAGS.min_item_ratings)
+        text = format_table(res)
+    if batch:
+      write_json_atomic(out, res)
   except (RecommendError, DataError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  if FLAGS.json:
-    print(json.dumps(to_jsonable(res), indent=2, sort_keys=True))
-  else:
-    print(format_table(res))
-
-
-def _ranking(config, batch: bool) -> None:
-  """A ranking run: batch metrics next to popularity and EASE, or one user's list from --liked."""
-  try:
-    if batch and FLAGS.batch_scenario != "user_cold":
-      raise RecommendError("a ranking run's test users are new users: use --batch_scenario=user_cold")
-    if not batch and FLAGS.liked is None:
-      raise RecommendError("a ranking run takes the new user's liked items: --liked=ID,ID,...")
-    run = ranking_recommend.RankingRun(FLAGS.workdir, config, FLAGS.data_dir)
-    res = (
-      ranking_recommend.batch(run, FLAGS.top_k)
-      if batch
-      else ranking_recommend.for_user(run, FLAGS.liked, FLAGS.top_k, FLAGS.min_item_ratings)
-    )
-  except (RecommendError, DataError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  out = None
-  if batch:
-    out = FLAGS.out or os.path.join(FLAGS.workdir, "recommend_user_cold.json")
-    write_json_atomic(out, res)
-  if FLAGS.json:
-    print(json.dumps(to_jsonable({k: v for k, v in res.items() if k != "lists"}), indent=2, sort_keys=True))
-  else:
-    print(ranking_recommend.format_result(res, out))
+  shown = {k: v for k, v in res.items() if k != "lists"}
+  print(json.dumps(to_jsonable(shown), indent=2, sort_keys=True) if FLAGS.json else text)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from metarec_jax.evaluate import make_predict_fn
 from metarec_jax.learners import FIT, REUSE, attach_options, get_spec
 from metarec_jax.protocol import FINAL_METRICS
 from metarec_jax.setup import Setup, build_setup
+from metarec_jax.summary import format_batch, format_table  # noqa: F401 (the texts recommend prints)
 
 
 class RecommendError(ValueError):
@@ -154,6 +155,15 @@ def read_ratings_file(path: str, ds) -> list[tuple[int, float]]:
     r = parse_float(path, line, "rating", value.strip())
     out.append((index[item], _check_rating(r, ds, f"{path}:{line}")))
   return _dedupe(out, path)
+
+
+def new_user_ratings(tr: "Trained", ratings: str | None, ratings_file: str | None, liked: list | None):
+  """The new user's (item index, rating) pairs from exactly one of --ratings, --ratings_file or
+  --liked (each liked item reads as the top of the rating scale)."""
+  ds = tr.setup.ds
+  if liked is not None:
+    return parse_ratings(",".join(f"{i}:{ds.rating_scale[1]:g}" for i in liked), ds)
+  return parse_ratings(ratings, ds) if ratings is not None else read_ratings_file(ratings_file, ds)
 
 
 def _dedupe(pairs, where):
@@ -367,40 +377,3 @@ def batch_recommend(tr: Trained, scenario: str, top_k: int = 10, threshold: floa
     "popularity_metrics": None if pop is None else {k: float(v) for k, v in pop.items()},
     "lists": lists,
   }
-
-
-def format_table(res: dict) -> str:
-  """The text a person reads for `recommend_for_new_user`'s result."""
-  lines = []
-  lines.append(
-    f"{res['dataset']}, learner {res['learner']} (checkpoint step {res['checkpoint_step']}); "
-    f"adapted to {len(res['ratings'])} ratings:"
-  )
-  for r in res["ratings"]:
-    lines.append(f"  {r['rating']:g}  {r['item_id']}  {r['title'] or ''}")
-  lines.append(f"top {len(res['top_k'])} of {res['n_candidates']} unrated items:")
-  lines.append(f"  {'rank':>4}  {'item':>6}  {'score':>5}  title")
-  for row in res["top_k"]:
-    flag = "  (new item)" if row["new_item"] else ""
-    lines.append(f"  {row['rank']:>4}  {row['item_id']!s:>6}  {row['score']:5.2f}  {row['title'] or ''}{flag}")
-  return "\n".join(lines)
-
-
-def format_batch(res: dict, out: str) -> str:
-  """The text a person reads for `batch_recommend`'s result, written to `out`."""
-  m, k = res["metrics"], res["k"]
-  lines = [
-    f"{res['dataset']} {res['scenario']}: {res['n_test_users']} test users, {res['n_candidates']} "
-    f"candidates; P@{k} {m[f'precision@{k}']:.4f}  R@{k} {m[f'recall@{k}']:.4f}  HR@{k} "
-    f"{m[f'hr@{k}']:.4f}  nDCG@{k} {m[f'ndcg@{k}']:.4f} over {int(m['n_users'])} users with a liked "
-    f"held-out item; lists in {out}"
-  ]
-  p = res["popularity_metrics"]
-  if p is None:
-    lines.append("  popularity ranking: not defined here (no candidate has training ratings)")
-  else:
-    lines.append(
-      f"  popularity ranking on the same candidates: P@{k} {p[f'precision@{k}']:.4f}  R@{k} "
-      f"{p[f'recall@{k}']:.4f}  HR@{k} {p[f'hr@{k}']:.4f}  nDCG@{k} {p[f'ndcg@{k}']:.4f}"
-    )
-  return "\n".join(lines)

@@ -1,5 +1,6 @@
-"""The table a run prints at its end: the learner and every baseline × the test scenarios, the
-main metrics, the best value of each scenario marked, and the files written.
+"""The texts a person reads: the table a run prints at its end (the learner and every baseline ×
+the test scenarios, the main metrics, the best value of each scenario marked, the files
+written), and `experiments.recommend`'s list and batch summary (`format_table`, `format_batch`).
 
   maml and 7 baselines on synthetic, test tasks; MAE (lower is better) / nDCG@3
   learner        warm             user_cold        item_cold        user_item_cold
@@ -76,3 +77,40 @@ def _count(m: dict) -> int:
 
 def _finite(v) -> bool:
   return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def format_table(res: dict) -> str:
+  """The text a person reads for `recommend_for_new_user`'s result."""
+  lines = []
+  lines.append(
+    f"{res['dataset']}, learner {res['learner']} (checkpoint step {res['checkpoint_step']}); "
+    f"adapted to {len(res['ratings'])} ratings:"
+  )
+  for r in res["ratings"]:
+    lines.append(f"  {r['rating']:g}  {r['item_id']}  {r['title'] or ''}")
+  lines.append(f"top {len(res['top_k'])} of {res['n_candidates']} unrated items:")
+  lines.append(f"  {'rank':>4}  {'item':>6}  {'score':>5}  title")
+  for row in res["top_k"]:
+    flag = "  (new item)" if row["new_item"] else ""
+    lines.append(f"  {row['rank']:>4}  {row['item_id']!s:>6}  {row['score']:5.2f}  {row['title'] or ''}{flag}")
+  return "\n".join(lines)
+
+
+def format_batch(res: dict, out: str) -> str:
+  """The text a person reads for `batch_recommend`'s result, written to `out`."""
+  m, k = res["metrics"], res["k"]
+  lines = [
+    f"{res['dataset']} {res['scenario']}: {res['n_test_users']} test users, {res['n_candidates']} "
+    f"candidates; P@{k} {m[f'precision@{k}']:.4f}  R@{k} {m[f'recall@{k}']:.4f}  HR@{k} "
+    f"{m[f'hr@{k}']:.4f}  nDCG@{k} {m[f'ndcg@{k}']:.4f} over {int(m['n_users'])} users with a liked "
+    f"held-out item; lists in {out}"
+  ]
+  p = res["popularity_metrics"]
+  if p is None:
+    lines.append("  popularity ranking: not defined here (no candidate has training ratings)")
+  else:
+    lines.append(
+      f"  popularity ranking on the same candidates: P@{k} {p[f'precision@{k}']:.4f}  R@{k} "
+      f"{p[f'recall@{k}']:.4f}  HR@{k} {p[f'hr@{k}']:.4f}  nDCG@{k} {p[f'ndcg@{k}']:.4f}"
+    )
+  return "\n".join(lines)

@@ -157,6 +157,17 @@ def for_user(run: RankingRun, liked: list, top_k: int = 10, min_item_ratings: in
   }
 
 
+def recommend(config: Config, workdir: str, data_dir, scenario, top_k: int, liked, min_item_ratings: int = 0) -> dict:
+  """experiments.recommend on a ranking run: batch mode (`scenario`, only user_cold) or one
+  user's list from `liked`."""
+  if scenario is not None and scenario != "user_cold":
+    raise ValueError("a ranking run's test users are new users: use --batch_scenario=user_cold")
+  if scenario is None and liked is None:
+    raise ValueError("a ranking run takes the new user's liked items: --liked=ID,ID,...")
+  run = RankingRun(workdir, config, data_dir)
+  return batch(run, top_k) if scenario is not None else for_user(run, liked, top_k, min_item_ratings)
+
+
 def format_result(res: dict, out: str | None = None) -> str:
   """The text a person reads for `batch` (lists written to `out`) or `for_user`."""
   if "metrics" in res:
