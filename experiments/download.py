@@ -5,7 +5,7 @@
   python -m experiments.download --dataset=ml-1m --data_dir=data     # MeLU's files and ratings.rda
   python -m experiments.download --table                            # the sources and checksums
 
-The sources and checksums are one table (metarec_jax/download.py). A folder is written only
+The sources and checksums are one table (metarec_jax/data_sources.py). A folder is written only
 when every file verifies; a mismatch names the file and both hashes, exits 2, and leaves
 nothing in --data_dir. A folder already there that verifies is left as it is.
 """
