@@ -272,7 +272,7 @@ def recommend_for_new_user(
   rows = [
     {
       "rank": r + 1,
-      "item_id": _plain(ds.item_ids[candidates[j]]),
+      "item_id": plain_id(ds.item_ids[candidates[j]]),
       "title": ds.item_titles[candidates[j]] if ds.item_titles else None,
       "score": float(scores[j]),
       "new_item": not bool(known[candidates[j]]),
@@ -284,7 +284,7 @@ def recommend_for_new_user(
     "learner": tr.learner.name,
     "checkpoint_step": tr.checkpoint_step,
     "ratings": [
-      {"item_id": _plain(ds.item_ids[i]), "rating": r, "title": ds.item_titles[i] if ds.item_titles else None}
+      {"item_id": plain_id(ds.item_ids[i]), "rating": r, "title": ds.item_titles[i] if ds.item_titles else None}
       for i, r in ratings
     ],
     "user_features": values,
@@ -293,7 +293,7 @@ def recommend_for_new_user(
   }
 
 
-def _plain(x):
+def plain_id(x):
   return x.item() if hasattr(x, "item") else x
 
 
@@ -358,8 +358,8 @@ def batch_recommend(tr: Trained, scenario: str, top_k: int = 10, threshold: floa
   top = np.argsort(-masked, axis=1, kind="stable")[:, :top_k]
   lists = [
     {
-      "user_id": _plain(ds.user_ids[eps.user[t]]),
-      "items": [_plain(ds.item_ids[candidates[j]]) for j in top[t]],
+      "user_id": plain_id(ds.user_ids[eps.user[t]]),
+      "items": [plain_id(ds.item_ids[candidates[j]]) for j in top[t]],
       "scores": [float(scores[t, j]) for j in top[t]],
     }
     for t in range(T)

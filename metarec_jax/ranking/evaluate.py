@@ -30,11 +30,11 @@ def metric_names() -> tuple[str, ...]:
   )
 
 
-def per_user_metrics(scores, support, query) -> dict[str, jnp.ndarray]:
+def per_user_metrics(scores, support, query, top_ks=TOP_KS) -> dict[str, jnp.ndarray]:
   """[U] metrics of scores [U, I] against the held-out `query` [U, I] bool, the folded-in
-  `support` [U, I] bool excluded from the ranking."""
+  `support` [U, I] bool excluded from the ranking; P/R/HR/nDCG at each of `top_ks`."""
   n_items = scores.shape[1]
-  kmax = min(max(RECALL_KS + NDCG_KS + TOP_KS), n_items)
+  kmax = min(max(RECALL_KS + NDCG_KS + tuple(top_ks)), n_items)
   s = jnp.where(support, -jnp.inf, scores)
   _, top = jax.lax.top_k(s, kmax)
   hits = jnp.take_along_axis(query, top, axis=1).astype(jnp.float32)  # [U, kmax]
@@ -52,7 +52,7 @@ def per_user_metrics(scores, support, query) -> dict[str, jnp.ndarray]:
     out[f"recall@{k}"] = hits[:, :k].sum(1) / jnp.minimum(k, n_q)
   for k in NDCG_KS:
     out[f"ndcg@{k}"] = ndcg(k)
-  for k in TOP_KS:
+  for k in top_ks:
     h = hits[:, :k].sum(1)
     out[f"precision@{k}"] = h / k
     out[f"recall@{k}"] = h / jnp.minimum(k, n_q)

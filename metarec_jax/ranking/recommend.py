@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metarec_jax import metrics as metrics_lib
 from metarec_jax.config import Config
 from metarec_jax.ranking import RANKERS
-from metarec_jax.ranking.evaluate import SELECT_METRIC, RankingEvaluator
+from metarec_jax.ranking.evaluate import SELECT_METRIC, RankingEvaluator, per_user_metrics
+from metarec_jax.recommend import plain_id
 from metarec_jax.ranking.protocol import ranking_data
 
 PARAMS_FILE = "ranker_{}.npz"
@@ -93,12 +93,13 @@ def batch(run: RankingRun, top_k: int = 10) -> dict:
   excluded = data.test.support_mask(data.n_items)
   if not 1 <= top_k <= data.n_items - int(excluded.sum(1).max()):
     raise ValueError(f"--top_k={top_k} must be in [1, {data.n_items - int(excluded.sum(1).max())}]")
-  valid = jnp.asarray(~excluded)
-  relevant = jnp.asarray(data.test.query)
+  relevant, excluded_d = jnp.asarray(data.test.query), jnp.asarray(excluded)
 
-  def metrics(scores):
-    m = metrics_lib.topk_metrics(jnp.asarray(scores), relevant, valid, top_k)
-    return {k: float(v) for k, v in m.items()}
+  def metrics(scores):  # the protocol's definitions (Recall@K over min(K, held-out count))
+    m = per_user_metrics(jnp.asarray(scores), excluded_d, relevant, top_ks=(top_k,))
+    out = {k: float(v.mean()) for k, v in m.items()}
+    out["n_users"] = len(data.test)
+    return out
 
   mine = run.scores(run.spec, run.params, support)
   top = np.argsort(-np.where(excluded, -np.inf, mine), axis=1, kind="stable")[:, :top_k]
@@ -116,7 +117,7 @@ def batch(run: RankingRun, top_k: int = 10) -> dict:
   for name, (spec, params) in run.reference.items():
     out[f"{name}_metrics"] = metrics(run.scores(spec, params, support))
   out["lists"] = [
-    {"user": int(u), "items": [_plain(data.item_ids[j]) for j in row]} for u, row in zip(data.test.users, top)
+    {"user": int(u), "items": [plain_id(data.item_ids[j]) for j in row]} for u, row in zip(data.test.users, top)
   ]
   return out
 
@@ -147,11 +148,11 @@ def for_user(run: RankingRun, liked: list, top_k: int = 10, min_item_ratings: in
     "protocol": "ranking",
     "dataset": data.name,
     "learner": run.config.learner,
-    "liked": [{"item_id": _plain(data.item_ids[index[str(i)]]), "title": title(index[str(i)])} for i in liked],
+    "liked": [{"item_id": plain_id(data.item_ids[index[str(i)]]), "title": title(index[str(i)])} for i in liked],
     "n_candidates": int(((s[0] == 0) & enough).sum()),
     "score": "probability" if run.config.learner in MULTINOMIAL else "score",
     "top_k": [
-      {"rank": r + 1, "item_id": _plain(data.item_ids[j]), "title": title(j), "score": float(scores[j])}
+      {"rank": r + 1, "item_id": plain_id(data.item_ids[j]), "title": title(j), "score": float(scores[j])}
       for r, j in enumerate(order)
     ],
   }
@@ -186,10 +187,6 @@ def format_result(res: dict, out: str | None = None) -> str:
   lines.append(f"top {len(res['top_k'])} of {res['n_candidates']} items:")
   lines += [f"  {r['rank']:>4}  {r['item_id']!s:>6}  {r['score']:8.4f}  {r['title'] or ''}" for r in res["top_k"]]
   return "\n".join(lines)
-
-
-def _plain(x):
-  return x.item() if hasattr(x, "item") else x
 
 
 def is_ranking_run(workdir: str) -> Config | None:
