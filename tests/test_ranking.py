@@ -226,3 +226,17 @@ def dataclasses_replace(config, **kw):
   import dataclasses
 
   return dataclasses.replace(config, **kw)
+
+
+def test_maml_ease_reads_a_base_fitted_without_the_users_fold():
+  from metarec_jax.ranking.maml_rank import FOLDS, _ease_base
+
+  rng = np.random.default_rng(0)
+  x = (rng.random((50, 12)) < 0.3).astype(np.float32)
+  base, folds, fold = _ease_base(x, {"seed": 0, "lam": 5.0}, None)
+  np.testing.assert_allclose(base["B"], ease_weights(x, 5.0), atol=1e-6)
+  assert folds.shape == (FOLDS, 12, 12) and sorted(np.bincount(fold)) == [10] * FOLDS
+  for k in range(FOLDS):  # fold k's base never saw fold k's users
+    np.testing.assert_allclose(folds[k], ease_weights(x[fold != k], 5.0), atol=1e-6)
+  params = RANKERS["maml_ease"].fit(x, {"seed": 0, "epochs": 1, "batch": 8, "random_support": True}, None)
+  assert RANKERS["maml_ease"].score(params, jnp.asarray(x[:3])).shape == (3, 12)

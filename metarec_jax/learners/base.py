@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -94,9 +95,19 @@ def masked_mse(pred: jnp.ndarray, y: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndar
   return jnp.sum(mask * (pred - y) ** 2) / jnp.maximum(mask.sum(), 1)
 
 
-# Training losses by name (--label: rating/scaled use mse, binary bce on logits) and the link
-# that turns the learner's output into label space.
-LOSSES = {"mse": (masked_mse, "identity"), "bce": (masked_bce, "sigmoid")}
+def masked_softmax_nll(logits: jnp.ndarray, y: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+  """Multinomial log-likelihood of the positives (y = 1) under a softmax over the unmasked items
+  of each row (Mult-VAE's loss, over a task's items): logits, y, mask [..., N] -> scalar, the mean
+  over the positives of -log softmax."""
+  logp = jax.nn.log_softmax(jnp.where(mask, logits, -1e30), axis=-1)
+  pos = mask & (y > 0.5)
+  return -jnp.sum(jnp.where(pos, logp, 0.0)) / jnp.maximum(pos.sum(), 1)
+
+
+# Training losses by name (--label: rating/scaled use mse, binary bce on logits; the ranking
+# protocol's episode learners softmax or bce) and the link that turns the learner's output into
+# label space ("identity" for softmax: a score, ranked, not a label).
+LOSSES = {"mse": (masked_mse, "identity"), "bce": (masked_bce, "sigmoid"), "softmax": (masked_softmax_nll, "identity")}
 
 
 def loss_and_link(loss: str):

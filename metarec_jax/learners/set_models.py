@@ -232,7 +232,7 @@ def make_set_learner(
   elif name == "in_context":
     net = InContext(output_bias=model.output_bias, **kw)
   elif name == "prototype":
-    net = Prototype(levels=tuple(levels), logit=loss == "bce", **kw)
+    net = Prototype(levels=tuple(levels), logit=loss in ("bce", "softmax"), **kw)
   elif name == "matching":
     net = Matching(output_bias=model.output_bias, **kw)
   else:

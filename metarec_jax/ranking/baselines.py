@@ -33,6 +33,12 @@ class RankerSpec:
   fit: Callable[..., Any]
   score: Callable[..., jnp.ndarray]
   grid: tuple[dict, ...] = ({},)
+  # What the scores are: "score" (a ranking score only), "softmax" (logits of a softmax over
+  # the items: recommend reports a probability) or "sigmoid" (logits of a positive label).
+  link: str = "score"
+  # The same parameters scored without adaptation (score(params, s) with no inner step), for the
+  # report of what adaptation adds; None where that is not defined or is a traced option.
+  unadapted: Callable[..., jnp.ndarray] | None = None
 
 
 def popularity_fit(x, options, val=None):

@@ -15,7 +15,7 @@ from absl import logging
 from metarec_jax import writers
 from metarec_jax.data import load_dataset
 from metarec_jax.progress import Progress
-from metarec_jax.ranking import RANKERS
+from metarec_jax.ranking import get_ranker
 from metarec_jax.ranking.evaluate import SELECT_METRIC, RankingEvaluator
 from metarec_jax.ranking.split import build_ranking_data
 
@@ -42,8 +42,9 @@ def train_and_evaluate_ranking(config, workdir: str) -> dict:
   cap = config.support_cap
   names = [config.learner] + [b for b in config.baselines if b != config.learner]
   results, few_shot, training, timing, adaptation = {}, {}, {}, {}, {}
+  specs = {name: get_ranker(name, config, data) for name in names}
   for name in names:
-    spec = RANKERS[name]
+    spec = specs[name]
     t0 = time.perf_counter()
 
     def val(params, spec=spec):
@@ -61,8 +62,12 @@ def train_and_evaluate_ranking(config, workdir: str) -> dict:
     v, options, params = best
     training[name] = {"selected": options, f"val/{SELECT_METRIC}": v}
     results[name] = {SCENARIO: ev.score(spec.score, params, "test", data.test, cap)}
-    if name == config.learner and isinstance(params, dict) and "steps" in params:  # what adaptation adds
+    frozen = None  # what adaptation adds: the learner's parameters scored with no inner step
+    if name == config.learner and isinstance(params, dict) and "steps" in params:
       frozen = ev.score(spec.score, {**params, "steps": jnp.int32(0)}, "test", data.test, cap)
+    elif name == config.learner and spec.unadapted is not None:
+      frozen = ev.score(spec.unadapted, params, "test", data.test, cap)
+    if frozen is not None:
       adaptation[SCENARIO] = {f"{k}_without_adaptation": frozen[k] for k in ("recall@20", "ndcg@100")}
     for k in config.few_shot_ks:
       few_shot.setdefault(SCENARIO, {}).setdefault(name, {})[str(k)] = ev.score(
@@ -87,7 +92,7 @@ def train_and_evaluate_ranking(config, workdir: str) -> dict:
       },
       "learner": config.learner,
       "support_cap": cap,
-      "families": {n: RANKERS[n].family for n in names},
+      "families": {n: specs[n].family for n in names},
       "results": results,
       "adaptation": adaptation,
       "few_shot": few_shot,

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarec_jax.config import Config
-from metarec_jax.ranking import RANKERS
+from metarec_jax.ranking import RANKERS, get_ranker
 from metarec_jax.ranking.evaluate import SELECT_METRIC, RankingEvaluator, per_user_metrics
 from metarec_jax.recommend import plain_id
 from metarec_jax.ranking.protocol import ranking_data
@@ -65,7 +65,7 @@ class RankingRun:
     self.params = load_params(workdir, config.learner)
     if self.params is None:
       raise ValueError(f"{os.path.join(workdir, PARAMS_FILE.format(config.learner))}: not found; is the run finished?")
-    self.spec = RANKERS[config.learner]
+    self.spec = get_ranker(config.learner, config, self.data)
     self.reference = {"popularity": (RANKERS["popularity"], RANKERS["popularity"].fit(self.data.train_x, {}))}
     ease = load_params(workdir, "ease")
     if ease is None:  # not a baseline of this run: chosen on the validation users here
@@ -122,14 +122,12 @@ def batch(run: RankingRun, top_k: int = 10) -> dict:
   return out
 
 
-MULTINOMIAL = ("maml_rank", "linear_ae", "mult_vae")  # their scores are logits of a softmax over the items
-
-
 def for_user(run: RankingRun, liked: list, top_k: int = 10, min_item_ratings: int = 0) -> dict:
   """Top-K of the catalogue for a new user who likes the items `liked` (ids as in the source
   files), among the items with at least `min_item_ratings` training positives. Scores: the
   multinomial models' probability that the user's next liked item is this one (a softmax over
-  the items not folded in); other rankers' own scores (EASE, kNN: weighted overlaps)."""
+  the items not folded in), the episode learners' probability that the item is a positive (the
+  sigmoid of their logit); other rankers' own scores (EASE, kNN: weighted overlaps)."""
   data = run.data
   index = {str(i): j for j, i in enumerate(data.item_ids)}
   missing = [str(i) for i in liked if str(i) not in index]
@@ -138,9 +136,11 @@ def for_user(run: RankingRun, liked: list, top_k: int = 10, min_item_ratings: in
   s = np.zeros((1, data.n_items), np.float32)
   s[0, [index[str(i)] for i in liked]] = 1.0
   scores = run.scores(run.spec, run.params, s)[0]
-  if run.config.learner in MULTINOMIAL:
+  if run.spec.link == "softmax":
     z = np.where(s[0] > 0, -np.inf, scores - scores[s[0] == 0].max())
     scores = np.exp(z) / np.exp(z).sum()
+  elif run.spec.link == "sigmoid":
+    scores = 1.0 / (1.0 + np.exp(-scores))
   enough = data.train_x.sum(0) >= min_item_ratings
   order = [j for j in np.argsort(-scores, kind="stable") if s[0, j] == 0 and enough[j]][:top_k]
   title = (lambda j: data.titles[j]) if data.titles else (lambda j: None)
@@ -150,7 +150,7 @@ def for_user(run: RankingRun, liked: list, top_k: int = 10, min_item_ratings: in
     "learner": run.config.learner,
     "liked": [{"item_id": plain_id(data.item_ids[index[str(i)]]), "title": title(index[str(i)])} for i in liked],
     "n_candidates": int(((s[0] == 0) & enough).sum()),
-    "score": "probability" if run.config.learner in MULTINOMIAL else "score",
+    "score": {"softmax": "probability", "sigmoid": "probability of a positive"}.get(run.spec.link, "score"),
     "top_k": [
       {"rank": r + 1, "item_id": plain_id(data.item_ids[j]), "title": title(j), "score": float(scores[j])}
       for r, j in enumerate(order)

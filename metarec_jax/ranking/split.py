@@ -57,6 +57,11 @@ class RankingData:
   val: UserSets
   test: UserSets
   report: dict  # counts, for the logs and final_metrics.json
+  # The catalogue's item-side feature fields and their tables, one row per catalogue item (what
+  # the episode learners read; user-side fields are left out: a held-out user is only their
+  # folded-in items, as for the matrix rankers).
+  item_fields: tuple = ()
+  item_tables: dict = dataclasses.field(default_factory=dict)
 
   @property
   def n_items(self) -> int:
@@ -145,4 +150,8 @@ def build_ranking_data(
     "threshold": None if ds.implicit else threshold,
   }
   titles = [ds.item_titles[i] for i in catalogue] if ds.item_titles else None
-  return RankingData(ds.name, ds.item_ids[catalogue], titles, train_users, train_x, val, test, report)
+  item_fields = tuple(f for f in ds.fields if f.name.startswith("item/"))
+  item_tables = {f.name: np.asarray(ds.features[f.name])[catalogue] for f in item_fields}
+  return RankingData(
+    ds.name, ds.item_ids[catalogue], titles, train_users, train_x, val, test, report, item_fields, item_tables
+  )
