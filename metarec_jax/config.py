@@ -127,6 +127,11 @@ class Config:
   ranking_min_item_users: int = opt(
     1, "--protocol=ranking: drop items with fewer positive users (over all users, before the split)."
   )
+  ranking_loss: str = opt(
+    "bce",
+    "--protocol=ranking, episode learners: bce or softmax (multinomial over a side's items), on sampled negatives.",
+    ("softmax", "bce"),
+  )
   val_user_frac: float = opt(0.15, "Share of existing users held out for validation.")
   baselines: tuple[str, ...] = opt(
     learners.BASELINES, f"Baselines to run on the same splits, any of: {', '.join(learners.ALL_BASELINES)}."
@@ -142,6 +147,9 @@ class Config:
     0,
     "Vmap over chunks of this many tasks inside the step (0: the whole meta-batch at once; "
     "4 is faster on CPU, 0 on GPU). Same update either way.",
+  )
+  length_buckets: int = opt(
+    0, "Sort the training tasks into at most this many support lengths, each padded to its own (0, 1: one)."
   )
   checkpoints: bool = opt(True, "Save orbax checkpoints of each fit under <workdir>/checkpoints/<learner>.")
   checkpoint_every: int = opt(
@@ -185,6 +193,7 @@ class Config:
       (self.eval_chunk > 0, f"eval_chunk must be > 0, got {self.eval_chunk}"),
       (self.devices >= 0, f"devices must be >= 0 (0: all), got {self.devices}"),
       (self.task_chunk >= 0, f"task_chunk must be >= 0, got {self.task_chunk}"),
+      (self.length_buckets >= 0, f"length_buckets must be >= 0, got {self.length_buckets}"),
       (
         self.base in ("",) + learners.FOLDIN,
         f"base must be one of {', '.join(learners.FOLDIN)} (or empty: none), got {self.base!r}",
@@ -241,14 +250,12 @@ class Config:
     self.task_config()
 
   def _validate_ranking(self) -> None:
-    from metarec_jax.ranking import RANKERS
+    from metarec_jax.ranking import ranker_names
 
+    known = ranker_names()
     for name in (self.learner,) + tuple(self.baselines):
-      if name not in RANKERS:
-        raise ValueError(
-          f"--protocol=ranking: {name!r} has no ranking model; choose from {', '.join(RANKERS)} "
-          "(the meta-learners' ranking objectives are not built yet)"
-        )
+      if name not in known:
+        raise ValueError(f"--protocol=ranking: {name!r} has no ranking model; choose from {', '.join(known)}")
     for what, v in (("support_cap", self.support_cap), ("ranking_min_item_users", self.ranking_min_item_users)):
       if v is not None and v < 1:
         raise ValueError(f"{what} must be >= 1, got {v}")
@@ -282,13 +289,14 @@ FIELD_GROUPS = {
     "val_user_frac",
     "support_cap",
     "ranking_min_item_users",
+    "ranking_loss",
   ),
   "model": ("model", "rank", "hybrid_alpha", "adapt_alpha", "embed_dim", "hidden", "item_id_feature", "linear"),
   "learner": ("learner", "base", "base_folds", "inner_steps", "inner_lr", "adapt", "first_order", "init", "baselines"),
   "training": ("outer_lr", "meta_batch_size", "epochs", "patience", "id_dropout", "redraw", "weight_decay", "seed"),
   "evaluation": ("eval_chunk", "ndcg_ks", "few_shot_ks", "few_shot_scenarios"),
   "checkpoints": ("checkpoints", "checkpoint_every", "keep_checkpoints"),
-  "runtime": ("devices", "task_chunk"),
+  "runtime": ("devices", "task_chunk", "length_buckets"),
 }
 FIELD_GROUP = {name: group for group, names in FIELD_GROUPS.items() for name in names}
 
@@ -313,7 +321,9 @@ DATASET_DEFAULTS = {
 # command line wins): its learner and baselines, and the epochs of the trained rankers.
 RANKING_BASELINES = ("popularity", "item_knn", "ease", "wmf", "mult_vae", "linear_ae")
 PROTOCOL_DEFAULTS = {
-  "ranking": {"learner": "maml_rank", "baselines": RANKING_BASELINES, "epochs": 100},
+  # inner_lr 1.0: the episode learners' inner step under the ranking loss (chosen on ml-100k's
+  # seed-0 validation users, BUILD_NOTES.md); maml_rank takes its own from its grid.
+  "ranking": {"learner": "maml_rank", "baselines": RANKING_BASELINES, "epochs": 100, "inner_lr": 1.0},
 }
 
 # Named presets (--preset): Config fields over the defaults; dataset defaults fill what a
