@@ -1,10 +1,10 @@
 """Flags every binary shares: the persistent compilation cache and multi-host start-up (the
 device count is the Config field --devices).
 
-Multi-host: start the same command on every host with `--distributed`; JAX reads the
-coordinator address, process count and process id from the cluster environment (SLURM,
-Cloud TPU, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID), then
-`--devices=0` shards the meta-batch over every device of every host.
+Multi-host: start the same command on every host with `--distributed`, and either
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` or a cluster environment JAX
+detects (SLURM, Open MPI, Cloud TPU, ...); then `--devices=0` shards the meta-batch over every
+device of every host. Only process 0 writes files.
 """
 
 from __future__ import annotations
@@ -27,11 +27,25 @@ flags.DEFINE_string(
 flags.DEFINE_bool(
   "distributed", False, "Call jax.distributed.initialize() first (multi-host runs).", module_name="runtime flags"
 )
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "--distributed: the coordinator's HOST:PORT (process 0's host).",
+  module_name="runtime flags",
+)
+flags.DEFINE_integer("num_processes", None, "--distributed: how many processes take part.", module_name="runtime flags")
+flags.DEFINE_integer("process_id", None, "--distributed: this process's index, 0 .. N-1.", module_name="runtime flags")
 FLAGS = flags.FLAGS
 
 
 def apply() -> None:
-  runtime.configure(compilation_cache_dir=FLAGS.compilation_cache_dir, distributed=FLAGS.distributed)
+  runtime.configure(
+    compilation_cache_dir=FLAGS.compilation_cache_dir,
+    distributed=FLAGS.distributed,
+    coordinator_address=FLAGS.coordinator_address,
+    num_processes=FLAGS.num_processes,
+    process_id=FLAGS.process_id,
+  )
 
 
 run = cli.run  # the binaries' entry point (flag errors exit 2)

@@ -49,7 +49,7 @@ class FitCheckpoints:
     # A save killed half-way leaves a "<step>.orbax-checkpoint-tmp*" folder, which orbax never
     # lists as a step; remove such leftovers here, synchronously (orbax's own cleanup option runs
     # in a background thread that can outlive a process exiting on an input error).
-    if os.path.isdir(self.directory):
+    if os.path.isdir(self.directory) and writers.writes_files():
       for name in os.listdir(self.directory):
         if ".orbax-checkpoint-tmp" in name:
           shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)

@@ -14,7 +14,7 @@ from typing import TypedDict
 import numpy as np
 from absl import logging
 
-from metarec_jax import writers
+from metarec_jax import runtime, writers
 from metarec_jax.checkpoint import FitCheckpoints, checkpoint_dir
 from metarec_jax.config import INIT_FROM_POOLED, Config, check_resumable
 from metarec_jax.data.tasks import SCENARIOS
@@ -170,6 +170,7 @@ def train_and_evaluate(
 
     return train_and_evaluate_ranking(config, workdir)
   t_start = time.perf_counter()
+  runtime.check_same_workdir(workdir)
   _fresh_workdir(config, workdir, resume)
   os.makedirs(workdir, exist_ok=True)
   writers.write_json_atomic(os.path.join(workdir, "config.json"), dataclasses.asdict(config))

@@ -20,15 +20,26 @@ TASK_AXIS = "tasks"
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "metarec_jax", "xla")
 
 
-def configure(*, compilation_cache_dir: str | None = None, distributed: bool = False) -> None:
+def configure(
+  *,
+  compilation_cache_dir: str | None = None,
+  distributed: bool = False,
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
   """Call once at start-up, before any computation.
 
   compilation_cache_dir: folder of XLA's persistent compilation cache; "" or None disables it.
-  distributed: call `jax.distributed.initialize()` (multi-host: each process must see the
-  coordinator address, process count and id, from the environment or the cluster manager).
+  distributed: call `jax.distributed.initialize` with the coordinator address, process count and
+  process id given (those left None: from the cluster environment JAX detects). On CPU the
+  processes' collectives go through gloo.
   """
+  if not distributed and any(v is not None for v in (coordinator_address, num_processes, process_id)):
+    raise ValueError("--coordinator_address, --num_processes and --process_id need --distributed")
   if distributed:
-    jax.distributed.initialize()
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
   if compilation_cache_dir:
     os.makedirs(compilation_cache_dir, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", compilation_cache_dir)
@@ -68,5 +79,46 @@ def chunk_sharded(mesh: Mesh | None):
 
 
 def replicate(tree, mesh: Mesh | None):
-  """Places a pytree on every device of the mesh (unchanged without a mesh)."""
-  return tree if mesh is None else jax.device_put(tree, replicated(mesh))
+  """Places a pytree on every device of the mesh (unchanged without a mesh). A mesh over several
+  processes cannot be `device_put` to: each process builds its shards of the global array from
+  its own copy of the values (every process holds the same ones)."""
+  if mesh is None:
+    return tree
+  if jax.process_count() == 1:
+    return jax.device_put(tree, replicated(mesh))
+  return jax.tree.map(lambda x: _global_copy(x, replicated(mesh)), tree)
+
+
+def _global_copy(x, sharding):
+  if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(_global_copy(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+  host = np.asarray(local_value(x))
+  return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
+def local_value(x):
+  """A replicated array's value as this process sees it (its first local shard when the array
+  spans processes); anything else unchanged."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable and x.is_fully_replicated:
+    return x.addressable_data(0)
+  return x
+
+
+def check_same_workdir(workdir: str) -> None:
+  """In a multi-process run, every process must name the same --workdir (one folder that all of
+  them see: orbax writes each checkpoint collectively, and would wait forever on a process saving
+  elsewhere). A ValueError names the mismatch; no-op in a single process."""
+  if jax.process_count() == 1:
+    return
+  import hashlib
+
+  from jax.experimental import multihost_utils
+
+  digest = np.frombuffer(hashlib.sha256(os.path.abspath(workdir).encode()).digest()[:8], np.int32)
+  try:
+    multihost_utils.assert_equal(digest, "")
+  except AssertionError:
+    raise ValueError(
+      f"--workdir={workdir}: every process of a --distributed run must use the same --workdir, on a "
+      "filesystem all of them see (process 0 writes the files; orbax writes each checkpoint from all)"
+    ) from None

@@ -47,9 +47,23 @@ def mean_std(values) -> list | None:
   return [float(np.mean(values)), float(np.std(values)), len(values)] if values else None
 
 
+def writes_files() -> bool:
+  """Whether this process writes the run's files: process 0 of a multi-process run (every process
+  computes the same values; orbax coordinates the checkpoints itself), the only one otherwise."""
+  import jax
+
+  return jax.process_index() == 0
+
+
 @contextlib.contextmanager
 def atomic_path(path: str):
-  """Yields a temp path in `path`'s folder; renames it over `path` on success, removes it on error."""
+  """Yields a temp path in `path`'s folder; renames it over `path` on success, removes it on error.
+  On a process that does not write files (`writes_files`), the path is in a temporary folder that
+  is removed afterwards, so callers need no check of their own."""
+  if not writes_files():
+    with tempfile.TemporaryDirectory() as scratch:
+      yield os.path.join(scratch, os.path.basename(path))
+    return
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
@@ -82,17 +96,22 @@ class MetricsLog:
   """Appends one JSON line per log step to <workdir>/metrics.jsonl (truncated unless `append`)."""
 
   def __init__(self, workdir: str, append: bool = False):
-    os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
-    if not append or not os.path.exists(self.path):
-      open(self.path, "w").close()
+    self.active = writes_files()
+    if self.active:
+      os.makedirs(workdir, exist_ok=True)
+      if not append or not os.path.exists(self.path):
+        open(self.path, "w").close()
 
   def write(self, record: dict) -> None:
-    with open(self.path, "a") as f:
-      f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
+    if self.active:
+      with open(self.path, "a") as f:
+        f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
 
   def replace(self, learner: str, records: list[dict]) -> None:
     """Drops `learner`'s lines and appends `records` (a resumed fit's log up to its checkpoint), atomically."""
+    if not self.active:
+      return
     with open(self.path) as f:
       keep = [line for line in f if line.strip() and json.loads(line).get("learner") != learner]
     keep += [json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in records]
