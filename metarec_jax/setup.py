@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from absl import logging
 
 from metarec_jax.config import Config
 from metarec_jax.data import load_dataset
@@ -169,6 +170,12 @@ def build_setup(config: Config) -> Setup:
   )
   ctx = FitContext.of(model, fields, ds.n_items, scen.train_ratings, tables=tables, binary_labels=label.binary)
   data = device_data(scen.train, tables)
+  if config.length_buckets > 1:  # the training tasks by support length (data/buckets.py)
+    from metarec_jax.data.buckets import split_by_length
+
+    buckets = split_by_length(scen.train, config.length_buckets)
+    data["buckets"] = [{k: jax.numpy.asarray(v) for k, v in e.arrays().items()} for e in buckets.episodes]
+    logging.info("length buckets: support sizes %s, tasks %s", buckets.sizes, [len(m) for m in buckets.members])
   example = featurize_episodes(data["tables"], jax.tree.map(lambda a: a[:1], data["episodes"]))
   evaluator = Evaluator(data["tables"], chunk=config.eval_chunk, ks=config.ndcg_ks, label=label)
   return Setup(

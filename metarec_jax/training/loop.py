@@ -105,8 +105,19 @@ def _fit(learner, params, data, config, *, n_tasks, val_score, select, log, ckpt
   step_fn = make_train_step(
     learner, id_dropout=config.id_dropout, redraw=config.redraw, mesh=mesh, task_chunk=config.task_chunk
   )
-  order_fn = make_epoch_order(n_tasks, B, mesh)
-  n_batches = -(-n_tasks // B)
+  if data.get("buckets"):  # --length_buckets: each meta-batch from one bucket, its own padding
+    from metarec_jax.data.buckets import make_bucket_order
+
+    counts = [int(e["user"].shape[0]) for e in data["buckets"]]
+    bucket_order = make_bucket_order(counts, B, mesh)
+    order_fn = lambda key: bucket_order(key)  # noqa: E731
+    step_data = [{"episodes": e, "tables": data["tables"]} for e in data["buckets"]]
+    n_batches = sum(-(-c // B) for c in counts)
+  else:
+    plain_order = make_epoch_order(n_tasks, B, mesh)
+    order_fn = lambda key: (*plain_order(key), None)  # noqa: E731
+    step_data = data
+    n_batches = -(-n_tasks // B)
 
   # Started before the first validation score (its compile is part of the phase).
   bar = progress_lib.Progress(
@@ -159,7 +170,8 @@ def _fit(learner, params, data, config, *, n_tasks, val_score, select, log, ckpt
   while state.progress.epoch <= config.epochs and state.progress.bad_epochs < config.patience:
     prog = state.progress
     epoch, t0 = prog.epoch, time.perf_counter()
-    next_key, order = order_fn(state.epoch_key)
+    next_key, order, schedule = order_fn(state.epoch_key)
+    schedule = None if schedule is None else np.asarray(schedule)  # one transfer an epoch
     losses, row = list(prog.losses), prog.row
     while row < n_batches:  # segments between mid-epoch checkpoints (and the testing exit)
       first = (epoch - 1) * n_batches + row  # steps done before this segment
@@ -168,7 +180,7 @@ def _fit(learner, params, data, config, *, n_tasks, val_score, select, log, ckpt
         stop = min(stop, (first // ckpt.every + 1) * ckpt.every - (epoch - 1) * n_batches)
       if exit_at_step is not None and first < exit_at_step:
         stop = min(stop, exit_at_step - (epoch - 1) * n_batches)
-      train, seg = run_epoch(step_fn, state.train, data, order, row, stop)
+      train, seg = run_epoch(step_fn, state.train, step_data, order, row, stop, schedule)
       state, row = state.replace(train=train), stop
       losses += [float(x) for x in np.asarray(seg)]
       step = (epoch - 1) * n_batches + row

@@ -104,14 +104,21 @@ def make_epoch_order(n_tasks: int, meta_batch_size: int, mesh=None) -> Callable:
 
 
 def run_epoch(
-  step_fn: Callable, state: MetaTrainState, data: dict, order: jnp.ndarray, start: int = 0, stop: int | None = None
+  step_fn: Callable,
+  state: MetaTrainState,
+  data: dict,
+  order: jnp.ndarray,
+  start: int = 0,
+  stop: int | None = None,
+  schedule=None,
 ):
   """Runs one step per row `start..stop` of `order` (default: every row); returns the state and
   those rows' losses, a [rows] device array. Nothing crosses from the host per step: the
-  step picks its row from `state.step`."""
+  step picks its row from `state.step`. With length buckets, `data` is the list of the buckets'
+  data and `schedule` (host ints) the bucket of each row."""
   stop = order.shape[0] if stop is None else stop
   losses = []
-  for _ in range(start, stop):
-    state, aux = step_fn(state, data, order)
+  for r in range(start, stop):
+    state, aux = step_fn(state, data if schedule is None else data[schedule[r]], order)
     losses.append(aux["loss"])
   return state, (jnp.stack(losses) if losses else jnp.zeros((0,), jnp.float32))

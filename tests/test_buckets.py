@@ -1,0 +1,88 @@
+"""Length buckets (data/buckets.py): the split, the meta-gradient, and one compile per bucket."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metarec_jax.config import resolve
+from metarec_jax.data.buckets import bucket_sizes, make_bucket_order, split_by_length
+from metarec_jax.data.episodes import featurize_episodes
+from metarec_jax.setup import build_setup
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = resolve("smoke", {"synthetic_users": 160, "length_buckets": 3, "meta_batch_size": 8})
+  return build_setup(config)
+
+
+def test_bucket_sizes_are_quantiles_rounded_up_and_end_at_the_width():
+  lengths = np.array([3, 5, 9, 17, 30, 31, 60, 88])
+  # quantiles 0.25, 0.5, 0.75, 1: 8, 23.5, 37.5, 88 -> 8, 24, 40, 88, and the padded width
+  assert bucket_sizes(lengths, 4, 90) == (8, 24, 40, 88, 90)
+  assert bucket_sizes(lengths, 1, 90) == (90,) and bucket_sizes(lengths, 0, 90) == (90,)
+
+
+def test_every_task_is_in_one_bucket_with_its_whole_support(setup):
+  train = setup.scen.train
+  b = split_by_length(train, 3)
+  assert len(b) >= 2 and b.sizes[-1] <= train.support_mask.shape[1]
+  everyone = np.concatenate(b.members)
+  assert sorted(everyone) == list(range(len(train)))
+  for size, idx, ep in zip(b.sizes, b.members, b.episodes):
+    assert ep.support_item.shape[1] == size
+    np.testing.assert_array_equal(ep.support_mask.sum(1), train.support_mask[idx].sum(1))
+    np.testing.assert_array_equal(ep.query_item, train.query_item[idx])
+  bad = dataclasses.replace(train, support_mask=train.support_mask[:, ::-1].copy())
+  with pytest.raises(ValueError, match="packed to the front"):
+    split_by_length(bad, 3)
+
+
+@pytest.mark.parametrize(
+  "name", ["maml", *(pytest.param(n, marks=pytest.mark.slow) for n in ("neural_process", "in_context", "prototype"))]
+)
+def test_a_bucketed_batch_has_the_padded_batchs_meta_gradient(setup, name):
+  b = split_by_length(setup.scen.train, 3)
+  tables = setup.data["tables"]
+  learner = setup.make(name)
+  params = setup.init_params(learner)
+  idx = b.members[0][:6]
+  full = featurize_episodes(tables, {k: jnp.asarray(v[idx]) for k, v in setup.scen.train.arrays().items()})
+  short = featurize_episodes(tables, {k: jnp.asarray(v[:6]) for k, v in b.episodes[0].arrays().items()})
+  assert short.support.y.shape[1] < full.support.y.shape[1]
+  grad = jax.jit(jax.grad(lambda p, ep: learner.meta_loss(p, ep, jax.random.key(0))[0]))
+  g_full, g_short = grad(params, full), grad(params, short)
+  for a, c in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_short)):
+    np.testing.assert_allclose(a, c, rtol=2e-4, atol=2e-6)
+
+
+def test_the_order_draws_each_meta_batch_from_one_bucket_and_covers_every_task():
+  order = make_bucket_order([5, 12, 3], 4)
+  _, rows, ids = jax.device_get(order(jax.random.key(0)))
+  assert rows.shape == (2 + 3 + 1, 4) and sorted(ids.tolist()) == [0, 0, 1, 1, 1, 2]
+  for b, n in enumerate([5, 12, 3]):
+    seen = rows[ids == b].ravel()
+    assert seen.max() < n and set(seen.tolist()) == set(range(n))
+
+
+def test_training_compiles_once_per_bucket(setup, monkeypatch):
+  from metarec_jax.training import loop
+
+  traces = []
+  real = loop.make_train_step
+  monkeypatch.setattr(loop, "make_train_step", lambda *a, **kw: real(*a, **kw, on_trace=lambda: traces.append(1)))
+  learner = setup.make("maml")
+  config = dataclasses.replace(setup.config, epochs=3)
+  loop.fit(
+    learner,
+    setup.init_params(learner),
+    setup.data,
+    config,
+    n_tasks=len(setup.scen.train),
+    val_score=None,
+    select="mae",
+  )
+  assert len(traces) == len(setup.data["buckets"]) >= 2  # no recompiles after the first epoch
