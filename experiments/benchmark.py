@@ -20,7 +20,16 @@ from absl import app, flags
 from experiments import runtime_flags
 from metarec_jax import bench_suites
 
-flags.DEFINE_enum("suite", "custom", ["custom", "targets", "scaling", "gpu", "growth", "growth_one"], "What to run.")
+flags.DEFINE_enum(
+  "suite",
+  "custom",
+  ["custom", "targets", "scaling", "gpu", "growth", "growth_one", "workload", "workload_one"],
+  "What to run (workload: the default learner on --dataset's real training tasks).",
+)
+flags.DEFINE_string("dataset", "ml-1m", "Dataset of the workload suite.")
+flags.DEFINE_integer("length_buckets", 4, "Workload suite: also time the epoch with this many length buckets (0: not).")
+flags.DEFINE_integer("workload_batches", 10, "Workload suite: meta-batches the torch loops are timed on.")
+flags.DEFINE_integer("workload_cores", 0, "Pin this process to its first N cores before JAX starts (0: all).")
 flags.DEFINE_list("learners", ["maml"], "Learners (custom suite).")
 flags.DEFINE_enum("model", "content", ["content"], "Recommender model.")
 flags.DEFINE_string("shapes", "melu", "'melu' (MeLU-shaped random ids) or a dataset name (its train episodes).")

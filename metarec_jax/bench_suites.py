@@ -290,11 +290,23 @@ def run(o, command: str) -> dict:
   from metarec_jax import runtime
   from metarec_jax.writers import write_json_atomic
 
+  if getattr(o, "workload_cores", 0):  # before the backend starts: XLA sizes its pool from the mask
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: o.workload_cores])
   cache = tempfile.mkdtemp(prefix="metarec-bench-cache-") if o.cold_compile else o.compilation_cache_dir
   runtime.configure(compilation_cache_dir=cache, distributed=o.distributed)
   t_start = time.perf_counter()
   result = {"command": command, "suite": o.suite, "machine": machine(), "peak_flops": o.peak_flops or None}
-  if o.suite == "growth_one":
+  if o.suite in ("workload", "workload_one"):
+    from metarec_jax import bench, bench_workload
+
+    if o.suite == "workload_one":  # the pinned child of the workload suite
+      result["jax"] = bench_workload.jax_epoch(o)
+    else:
+      GEMM["flops"] = bench.gemm_ceiling_flops()
+      result["machine"]["gemm_2048_flops"] = GEMM["flops"]
+      result["workload"] = bench_workload.workload(o)
+      result["speedup_vs_melu_style"] = result["workload"]["speedup_vs_melu_style"]
+  elif o.suite == "growth_one":
     result["growth"] = bench_growth.growth_one(o, int(o.growth_users[0]))
   elif o.suite == "growth":
     result["growth"] = []

@@ -33,7 +33,8 @@ class TorchMAML:
   """Per-task MAML on a torch copy of a ContentModel's parameters.
 
   adapt: "head" adapts the MLP (MeLU's local update); "all" adapts every parameter,
-  whole embedding tables included, as the reference code does.
+  whole embedding tables included, as the reference code does. `unpadded`: each task's support
+  is cut to its valid ratings (packed first), as MeLU runs, instead of the padded width.
   """
 
   def __init__(
@@ -48,11 +49,12 @@ class TorchMAML:
     first_order: bool,
     adapt: str,
     outer_lr: float = 1e-3,
+    unpadded: bool = False,
   ):
     if torch is None:
       raise ImportError("torch is not installed; pip install -e .[bench]")
-    if getattr(model, "linear", False):
-      raise ValueError("the torch reference implements the content model without --linear")
+    self.linear = bool(getattr(model, "linear", False))  # each table's last column: a bias per id
+    self.dim = model.embed_dim
     self.fields = model.fields
     self.hidden = len(model.hidden)
     flat = traverse_util.flatten_dict(flax_params)
@@ -63,23 +65,27 @@ class TorchMAML:
     for k in ("support_item", "query_item", "user"):
       self.episodes[k] = self.episodes[k].long()
     self.inner_lr, self.inner_steps, self.first_order = inner_lr, inner_steps, first_order
+    self.unpadded = unpadded  # MeLU's way: each task's support cut to its own ratings
     self.opt = torch.optim.Adam(list(self.params.values()), lr=outer_lr)
 
   def forward(self, p: dict, x: dict):
-    vecs = []
+    vecs, bias = [], 0.0
     for spec in self.fields:
       table = p["embed/" + spec.name.replace("/", "_")]
       ids = x[spec.name]
       if spec.kind == "categorical":
-        vecs.append(table[ids])
+        e = table[ids]
       else:
         valid = (ids >= 0).to(table.dtype)
         rows = table[ids.clamp(min=0)] * valid[..., None]
-        vecs.append(rows.sum(-2) / valid.sum(-1, keepdim=True).clamp(min=1.0))
+        e = rows.sum(-2) / valid.sum(-1, keepdim=True).clamp(min=1.0)
+      vecs.append(e[..., : self.dim])
+      if self.linear:
+        bias = bias + e[..., self.dim]
     h = torch.cat(vecs, -1)
     for i in range(self.hidden):
       h = torch.relu(h @ p[f"hidden_{i}/kernel"] + p[f"hidden_{i}/bias"])
-    return (h @ p["out/kernel"] + p["out/bias"])[..., 0]
+    return (h @ p["out/kernel"] + p["out/bias"])[..., 0] + bias
 
   def featurize(self, user, items) -> dict:
     x = {}
@@ -110,10 +116,16 @@ class TorchMAML:
     qx = self.featurize(ep["user"], ep["query_item"])
     losses = []
     for t in range(len(idx)):  # one task at a time, as the reference code does
-      pick = lambda x: {k: v[t] for k, v in x.items()}  # noqa: E731, B023
+      n = int(ep["support_mask"][t].sum()) if self.unpadded else ep["support_mask"].shape[1]
+      pick = lambda x, n=None: {k: v[t, :n] for k, v in x.items()}  # noqa: E731, B023
       losses.append(
         self.task_loss(
-          pick(sx), ep["support_rating"][t], ep["support_mask"][t], pick(qx), ep["query_rating"][t], ep["query_mask"][t]
+          pick(sx, n),
+          ep["support_rating"][t, :n],
+          ep["support_mask"][t, :n],
+          pick(qx),
+          ep["query_rating"][t],
+          ep["query_mask"][t],
         )
       )
     return torch.stack(losses).mean()

@@ -72,6 +72,26 @@ def test_torch_reference_meta_gradient_equals_ours(melu, adapt, first_order, ste
 
 
 @pytest.mark.slow
+def test_torch_reference_unpadded_and_linear_has_our_meta_gradient(melu):
+  # MeLU's way (each task's support cut to its own ratings) on the default content model (--linear)
+  tr = pytest.importorskip("metarec_jax.torch_reference")
+  if not tr.available():
+    pytest.skip("torch is not installed (pip install -e .[bench])")
+  shapes, _, data = melu
+  model = create_model("content", fields=shapes.fields, embed_dim=4, hidden=(8,), output_bias=3.5, linear=True)
+  learner = create_learner("maml", model, inner_lr=0.3, inner_steps=2, adapt="head")
+  ep = featurize_episodes(data["tables"], jax.tree.map(lambda a: a[:4], data["episodes"]))
+  params = learner.init(jax.random.key(0), ep, None)
+  g = jax.jit(jax.grad(lambda p: learner.meta_loss(p, ep, None)[0]))(params)
+  kw = dict(inner_lr=0.3, inner_steps=2, first_order=False, adapt="head")
+  host = jax.tree.map(np.asarray, params["model"])
+  for unpadded in (False, True):
+    ref = tr.TorchMAML(model, host, shapes.tables, shapes.episodes.arrays(), unpadded=unpadded, **kw)
+    diff, scale = tr.max_grad_diff(ref.meta_grads(np.arange(4)), g["model"])
+    assert scale > 1e-3 and diff <= 1e-5 * max(1.0, scale), (unpadded, diff)
+
+
+@pytest.mark.slow
 def test_jax_loop_step_equals_vmapped_step(melu):
   shapes, model, data = melu
   learner = create_learner("maml", model, inner_lr=0.3, inner_steps=1)

@@ -1,0 +1,171 @@
+"""The benchmark's workload suite (`--suite=workload --dataset=ml-1m`): the run's default learner
+(second-order MAML, head, its inner steps, meta-batch 32) over the dataset's real training tasks,
+against the reference code's execution style on the same tasks.
+
+- `jax`: one epoch of the training step over every training task (the loop's own step and
+  epoch order), timed after one untimed step per compiled shape; plain (support padded to the
+  width) and with `--length_buckets` (one compile per bucket).
+- `torch_melu_style`: MeLU's way, a Python loop over each meta-batch's tasks, each task's
+  support *unpadded* (cut to its own ratings), `create_graph=True`, one Adam step; timed on the
+  first `--workload_batches` meta-batches of the same epoch order. `torch_padded`: the same
+  loop on the padded tasks (the targets suite's reference).
+- The meta-gradients are checked equal first (JAX, torch padded, torch unpadded).
+- Per core: torch with one thread against JAX in a child process pinned to one core
+  (`--workload_cores=1`: `os.sched_setaffinity` before JAX starts its backend, whose thread pool
+  is sized from the affinity mask); whole machine: torch with every thread against JAX on every core.
+  `speedup_vs_melu_style` = torch unpadded seconds per task / JAX seconds per task, for each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def _setup(o):
+  from metarec_jax.config import resolve
+  from metarec_jax.setup import build_setup
+
+  over = {"dataset": o.dataset, "seed": o.seed, "length_buckets": o.length_buckets}
+  if o.data_dir:
+    over["data_dir"] = o.data_dir
+  return build_setup(resolve("default", over))
+
+
+def jax_epoch(o) -> dict:
+  """One epoch of the default learner's step over the real training tasks, plain and bucketed."""
+  import jax
+  import optax
+
+  from metarec_jax.data.buckets import make_bucket_order, split_by_length
+  from metarec_jax.training.state import create_train_state
+  from metarec_jax.training.step import make_epoch_order, make_train_step
+
+  st = _setup(o)
+  c = st.config
+  learner = st.make(c.learner)
+  params = jax.tree.map(np.asarray, st.init_params(learner))  # host copy: the step donates its state
+  B = c.meta_batch_size
+  n = len(st.scen.train)
+  out = {"learner": c.learner, "inner_steps": c.inner_steps, "adapt": c.adapt, "meta_batch_size": B, "n_tasks": n}
+  out["support_width"] = int(st.scen.train.support_mask.shape[1])
+  out["support_fill"] = float(st.scen.train.support_mask.mean())
+  variants = {"padded": (st.data, None)}
+  if o.length_buckets > 1:
+    b = split_by_length(st.scen.train, o.length_buckets)
+    data = [{"episodes": jax.tree.map(jax.numpy.asarray, e.arrays()), "tables": st.data["tables"]} for e in b.episodes]
+    variants["buckets"] = (data, [len(m) for m in b.members])
+    out["bucket_sizes"] = list(b.sizes)
+
+  def fresh():  # committed to the device, as the step's outputs are (else the second call retraces)
+    state = create_train_state(jax.random.key(1), jax.tree.map(jax.numpy.asarray, params), optax.adam(c.outer_lr))
+    return jax.device_put(state, jax.devices()[0])
+
+  for name, (data, counts) in variants.items():
+    traces = []
+    step = make_train_step(learner, task_chunk=c.task_chunk, on_trace=lambda traces=traces: traces.append(1))
+    if counts is None:
+      _, order = make_epoch_order(n, B)(jax.random.key(3))
+      schedule, datas = np.zeros(order.shape[0], int), [data]
+    else:
+      _, order, ids = make_bucket_order(counts, B)(jax.random.key(3))
+      schedule, datas = np.asarray(ids), data
+    t0 = time.perf_counter()
+    for d in datas:  # compile every shape, untimed (the step donates its state: a fresh one each)
+      state = fresh()
+      jax.block_until_ready(step(state, d, order)[0].params)
+    compile_s = time.perf_counter() - t0
+    state = fresh()
+    t0 = time.perf_counter()
+    for r in range(order.shape[0]):
+      state, _ = step(state, datas[schedule[r]], order)
+    jax.block_until_ready(state.params)
+    epoch_s = time.perf_counter() - t0
+    out[name] = {
+      "epoch_s": epoch_s,
+      "steps": int(order.shape[0]),
+      "s_per_task": epoch_s / (order.shape[0] * B),
+      "compile_s": compile_s,
+      "compiles": len(traces),
+    }
+  return out
+
+
+def _jax_pinned(o, cores: int) -> dict:
+  """jax_epoch in a child process pinned to `cores` cores (XLA sizes its thread pool from them)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "one.json")
+    args = [sys.executable, "-m", "experiments.benchmark", "--suite=workload_one", f"--dataset={o.dataset}"]
+    args += [f"--seed={o.seed}", f"--length_buckets={o.length_buckets}", f"--workload_cores={cores}", f"--out={path}"]
+    if o.data_dir:
+      args.append(f"--data_dir={o.data_dir}")
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode:
+      raise RuntimeError(f"the pinned JAX epoch failed:\n{done.stderr[-3000:]}")
+    with open(path) as f:
+      return json.load(f)["jax"]
+
+
+def torch_loops(o, threads: int) -> dict:
+  """The per-task torch loop on the first meta-batches of the epoch, unpadded and padded, after
+  the meta-gradient check."""
+  import jax
+  import torch
+
+  from metarec_jax import torch_reference as tr
+  from metarec_jax.data.episodes import featurize_episodes
+  from metarec_jax.training.step import make_epoch_order
+
+  torch.set_num_threads(threads)
+  st = _setup(o)
+  c = st.config
+  learner = st.make(c.learner)
+  params = jax.tree.map(np.asarray, st.init_params(learner))
+  arrays = st.scen.train.arrays()
+  _, order = make_epoch_order(len(st.scen.train), c.meta_batch_size)(jax.random.key(3))
+  order = np.asarray(order)[: o.workload_batches]
+  kw = dict(inner_lr=c.inner_lr, inner_steps=c.inner_steps, first_order=c.first_order, adapt=c.adapt)
+  refs = {
+    "padded": tr.TorchMAML(st.model, params["model"], st.tables, arrays, **kw),
+    "melu_style": tr.TorchMAML(st.model, params["model"], st.tables, arrays, unpadded=True, **kw),
+  }
+  k = o.grad_check_tasks
+  ep = featurize_episodes(st.data["tables"], jax.tree.map(lambda a: a[:k], st.data["episodes"]))
+  g_jax = jax.jit(jax.grad(lambda p: learner.meta_loss(p, ep, None)[0]))(params)
+  out = {"threads": threads, "batches": int(len(order)), "grad_check": {}}
+  for name, ref in refs.items():
+    diff, scale = tr.max_grad_diff(ref.meta_grads(np.arange(k)), g_jax["model"])
+    ok = diff <= 1e-5 * max(1.0, scale)
+    out["grad_check"][name] = {"tasks": k, "max_abs_diff": diff, "max_abs_grad": scale, "ok": ok}
+    if not ok:
+      raise AssertionError(f"torch ({name}) and JAX meta-gradients differ by {diff:.3g} (max |grad| {scale:.3g})")
+  for name, ref in refs.items():
+    ref.step(torch.from_numpy(order[0].copy()).long())  # warm-up
+    t0 = time.perf_counter()
+    for row in order:
+      ref.step(torch.from_numpy(row.copy()).long())
+    seconds = time.perf_counter() - t0
+    out[name] = {"seconds": seconds, "s_per_task": seconds / order.size}
+  return out
+
+
+def workload(o) -> dict:
+  """The suite: per core and for the whole machine, JAX against torch (module docstring)."""
+  cores = len(os.sched_getaffinity(0))
+  res = {"dataset": o.dataset, "cores": cores}
+  res["per_core"] = {"jax": _jax_pinned(o, 1), "torch": torch_loops(o, 1)}
+  res["whole_machine"] = {"jax": jax_epoch(o), "torch": torch_loops(o, cores)}
+  for scope in ("per_core", "whole_machine"):
+    r = res[scope]
+    best = min(r["jax"].get(v, {}).get("s_per_task", np.inf) for v in ("padded", "buckets"))
+    r["speedup_vs_melu_style"] = r["torch"]["melu_style"]["s_per_task"] / best
+    r["speedup_vs_padded_loop"] = r["torch"]["padded"]["s_per_task"] / best
+    r["jax_variant"] = min(("padded", "buckets"), key=lambda v: r["jax"].get(v, {}).get("s_per_task", np.inf))
+  res["speedup_vs_melu_style"] = res["per_core"]["speedup_vs_melu_style"]
+  return res
