@@ -69,8 +69,9 @@ class Evaluator:
   """Scores learners on a run's splits. Each split (and each few-shot cap of one) goes to
   the device once per run; each learner's predict function is built once."""
 
-  def __init__(self, tables: dict, *, chunk: int, ks=(1, 3, 5), label: LabelSpec | None = None):
+  def __init__(self, tables: dict, *, chunk: int, ks=(1, 3, 5), label: LabelSpec | None = None, buckets: int = 0):
     self.tables, self.chunk, self.ks, self.label = tables, chunk, tuple(ks), label
+    self.buckets = buckets  # --length_buckets: each split's tasks by support length (data/buckets.py)
     self._arrays: dict = {}
     self._fns: dict = {}
 
@@ -82,6 +83,16 @@ class Evaluator:
   def predict(self, learner_or_fn, params, key, episodes: Episodes) -> np.ndarray:
     """[task, Q] predictions on `episodes`, cached on the device under `key`."""
     fn = self.predict_fn(learner_or_fn) if isinstance(learner_or_fn, Learner) else learner_or_fn
+    if self.buckets > 1 and len(episodes):  # each bucket at its own padding, one compile each
+      if key not in self._arrays:
+        from metarec_jax.data.buckets import split_by_length
+
+        b = split_by_length(episodes, self.buckets)
+        self._arrays[key] = [(m, e, device_episodes(e, self.chunk)) for m, e in zip(b.members, b.episodes)]
+      out = np.zeros(episodes.query_item.shape, np.float32)
+      for idx, part, arrays in self._arrays[key]:
+        out[idx] = predict_episodes(fn, params, self.tables, part, self.chunk, arrays)
+      return out
     if len(episodes) and key not in self._arrays:
       self._arrays[key] = device_episodes(episodes, self.chunk)
     return predict_episodes(fn, params, self.tables, episodes, self.chunk, self._arrays.get(key))

@@ -177,7 +177,9 @@ def build_setup(config: Config) -> Setup:
     data["buckets"] = [{k: jax.numpy.asarray(v) for k, v in e.arrays().items()} for e in buckets.episodes]
     logging.info("length buckets: support sizes %s, tasks %s", buckets.sizes, [len(m) for m in buckets.members])
   example = featurize_episodes(data["tables"], jax.tree.map(lambda a: a[:1], data["episodes"]))
-  evaluator = Evaluator(data["tables"], chunk=config.eval_chunk, ks=config.ndcg_ks, label=label)
+  evaluator = Evaluator(
+    data["tables"], chunk=config.eval_chunk, ks=config.ndcg_ks, label=label, buckets=config.length_buckets
+  )
   return Setup(
     config=config,
     ds=ds,

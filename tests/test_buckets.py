@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from metarec_jax.config import resolve
-from metarec_jax.data.buckets import bucket_sizes, make_bucket_order, split_by_length
+from metarec_jax.data.buckets import bucket_sizes, make_bucket_order, pack_support, split_by_length
 from metarec_jax.data.episodes import featurize_episodes
 from metarec_jax.setup import build_setup
 
@@ -36,9 +36,29 @@ def test_every_task_is_in_one_bucket_with_its_whole_support(setup):
     assert ep.support_item.shape[1] == size
     np.testing.assert_array_equal(ep.support_mask.sum(1), train.support_mask[idx].sum(1))
     np.testing.assert_array_equal(ep.query_item, train.query_item[idx])
-  bad = dataclasses.replace(train, support_mask=train.support_mask[:, ::-1].copy())
-  with pytest.raises(ValueError, match="packed to the front"):
-    split_by_length(bad, 3)
+  # a support with gaps (a capped one) is packed first: the same valid entries, in order
+  gaps = dataclasses.replace(train, support_mask=train.support_mask & (np.arange(train.support_mask.shape[1]) % 2 == 0))
+  packed = pack_support(gaps)
+  for t in range(len(train)):
+    np.testing.assert_array_equal(
+      packed.support_item[t][packed.support_mask[t]], gaps.support_item[t][gaps.support_mask[t]]
+    )
+    assert not np.any(np.diff(packed.support_mask[t].astype(int)) > 0)  # valid entries first
+
+
+def test_bucketed_evaluation_gives_the_padded_predictions(setup):
+  from metarec_jax.evaluate import Evaluator
+
+  learner = setup.make("maml")
+  params = setup.init_params(learner)
+  eps = setup.scen.test["user_cold"]
+  plain = Evaluator(setup.data["tables"], chunk=16, label=setup.scen.label)
+  bucketed = Evaluator(setup.data["tables"], chunk=16, label=setup.scen.label, buckets=3)
+  for key, ep in (("full", eps), ("cap3", eps.cap_support(3))):  # the key: the split's cache entry
+    np.testing.assert_allclose(
+      bucketed.predict(learner, params, key, ep), plain.predict(learner, params, key, ep), rtol=1e-5, atol=1e-5
+    )
+  assert len(bucketed._arrays["cap3"]) == 1  # a support of 3 fits the smallest bucket
 
 
 @pytest.mark.parametrize(

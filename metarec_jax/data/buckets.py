@@ -44,13 +44,22 @@ class Buckets:
     return len(self.sizes)
 
 
+def pack_support(episodes: Episodes) -> Episodes:
+  """Each task's valid support entries moved to the front, in their order (padding after them)."""
+  mask = episodes.support_mask
+  if not mask.shape[1] or not np.any(np.cumsum(~mask, axis=1)[mask] > 0):
+    return episodes
+  order = np.argsort(~mask, axis=1, kind="stable")
+  fields = {k: np.take_along_axis(v, order, axis=1) for k, v in episodes.arrays().items() if k.startswith("support_")}
+  return dataclasses.replace(episodes, **fields)
+
+
 def split_by_length(episodes: Episodes, k: int) -> Buckets:
-  """The episodes in at most k length buckets (empty buckets dropped). A task's support must be
-  packed to the front (valid entries first), as `data/tasks.py` writes it."""
+  """The episodes in at most k length buckets (empty buckets dropped), each task's support packed
+  to the front first (`pack_support`: a capped support may have gaps)."""
+  episodes = pack_support(episodes)
   mask = episodes.support_mask
   lengths = mask.sum(1)
-  if mask.shape[1] and np.any(np.cumsum(~mask, axis=1)[mask] > 0):
-    raise ValueError("length buckets need each task's support packed to the front")
   sizes = bucket_sizes(lengths, k, mask.shape[1])
   which = np.searchsorted(np.asarray(sizes), lengths, side="left")
   members, out, kept = [], [], []
