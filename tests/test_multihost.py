@@ -11,7 +11,8 @@ import pytest
 
 from conftest import REPO, TINY_RUN, run_binary
 
-RUN = [a for a in TINY_RUN if not a.startswith(("--checkpoint_every", "--keep_checkpoints"))] + ["--devices=0"]
+DROP = ("--checkpoint_every", "--keep_checkpoints", "--epochs", "--baselines")
+RUN = [a for a in TINY_RUN if not a.startswith(DROP)] + ["--devices=0", "--epochs=2", "--baselines=global_mean"]
 
 
 def _free_port() -> int:

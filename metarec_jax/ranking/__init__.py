@@ -16,6 +16,10 @@ def _maml_ease_fit(x, options, val=None):
   return maml_rank.fit(x, {**options, "base": "ease"}, val)
 
 
+def _linear_ae_ease_fit(x, options, val=None):
+  return maml_rank.fit(x, {**options, "base": "ease", "inner_steps": 0}, val)
+
+
 RANKERS = {
   **_BASELINE_SPECS,
   "mult_vae": RankerSpec("mult_vae", "model", mult_vae_fit, mult_vae_score, link="softmax"),
@@ -35,6 +39,8 @@ RANKERS = {
   ),
   # the same network trained without the inner loop: the pooled network given the same inputs
   "linear_ae": RankerSpec("linear_ae", "baseline", _linear_ae_fit, maml_rank.score, link="softmax"),
+  # and maml_ease's (the pooled network stacked on the same EASE base)
+  "linear_ae_ease": RankerSpec("linear_ae_ease", "baseline", _linear_ae_ease_fit, maml_rank.score, link="softmax"),
 }
 RANKING_BASELINES = ("popularity", "item_knn", "ease", "wmf", "mult_vae", "linear_ae")
 
