@@ -63,9 +63,10 @@ def jax_epoch(o) -> dict:
     variants["buckets"] = (data, [len(m) for m in b.members])
     out["bucket_sizes"] = list(b.sizes)
 
-  def fresh():  # committed to the device, as the step's outputs are (else the second call retraces)
-    state = create_train_state(jax.random.key(1), jax.tree.map(jax.numpy.asarray, params), optax.adam(c.outer_lr))
-    return jax.device_put(state, jax.devices()[0])
+  tx = optax.adam(c.outer_lr)  # one optimiser: it is static state metadata, a new one would retrace
+
+  def fresh():
+    return create_train_state(jax.random.key(1), jax.tree.map(jax.numpy.asarray, params), tx)
 
   for name, (data, counts) in variants.items():
     traces = []
