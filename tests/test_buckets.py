@@ -61,9 +61,7 @@ def test_bucketed_evaluation_gives_the_padded_predictions(setup):
   assert len(bucketed._arrays["cap3"]) == 1  # a support of 3 fits the smallest bucket
 
 
-@pytest.mark.parametrize(
-  "name", ["maml", *(pytest.param(n, marks=pytest.mark.slow) for n in ("neural_process", "in_context", "prototype"))]
-)
+@pytest.mark.parametrize("name", ["maml", pytest.param("in_context", marks=pytest.mark.slow)])
 def test_a_bucketed_batch_has_the_padded_batchs_meta_gradient(setup, name):
   b = split_by_length(setup.scen.train, 3)
   tables = setup.data["tables"]

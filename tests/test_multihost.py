@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, TINY_RUN, run_binary
 
 DROP = ("--checkpoint_every", "--keep_checkpoints", "--epochs", "--baselines")
-RUN = [a for a in TINY_RUN if not a.startswith(DROP)] + ["--devices=0", "--epochs=2", "--baselines=global_mean"]
+RUN = [a for a in TINY_RUN if not a.startswith(DROP)] + ["--devices=0", "--epochs=1", "--baselines=global_mean"]
 
 
 def _free_port() -> int:

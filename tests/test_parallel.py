@@ -112,12 +112,12 @@ def test_the_fit_loop_steps_through_run_epoch_with_no_host_to_device_transfer(se
   params = learner.init(jax.random.key(0), episode_batch(tables, scen.train, 1), ctx)
   calls = []
 
-  def guarded(step_fn, state, data, order, start=0, stop=None):
+  def guarded(step_fn, state, data, order, start=0, stop=None, schedule=None):
     if calls:  # the first call compiles the step
       with jax.transfer_guard_host_to_device("disallow"):
-        out = run_epoch(step_fn, state, data, order, start, stop)
+        out = run_epoch(step_fn, state, data, order, start, stop, schedule)
     else:
-      out = run_epoch(step_fn, state, data, order, start, stop)
+      out = run_epoch(step_fn, state, data, order, start, stop, schedule)
     calls.append((start, stop))
     return out
 
