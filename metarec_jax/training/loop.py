@@ -109,8 +109,7 @@ def _fit(learner, params, data, config, *, n_tasks, val_score, select, log, ckpt
     from metarec_jax.data.buckets import make_bucket_order
 
     counts = [int(e["user"].shape[0]) for e in data["buckets"]]
-    bucket_order = make_bucket_order(counts, B, mesh)
-    order_fn = lambda key: bucket_order(key)  # noqa: E731
+    order_fn = make_bucket_order(counts, B, mesh)  # (key, order, bucket of each row)
     step_data = [{"episodes": e, "tables": data["tables"]} for e in data["buckets"]]
     n_batches = sum(-(-c // B) for c in counts)
   else:
