@@ -47,16 +47,8 @@ class Setup:
     predicts the residual of the base fold-in (chosen on validation)."""
     c = self.config
     label = self.scen.label
-    opts = dict(
-      inner_lr=c.inner_lr,
-      inner_steps=c.inner_steps,
-      adapt=c.adapt,
-      first_order=c.first_order,
-      loss=label.loss,
-      levels=residual_levels(label.levels()) if c.base else label.levels(),
-      seed=c.seed,
-    )
-    opts.update(kw)
+    levels = residual_levels(label.levels()) if c.base else label.levels()
+    opts = {**learner_options(c, label.loss, levels), **kw}
     base = self.select(c.base)["learner"] if c.base and get_spec(name).trained else None
     return create_learner(name, self.model, base=base, base_folds=c.base_folds, **opts)
 
@@ -101,6 +93,34 @@ class Setup:
         bar.update(1, note=f"best val {metric} {best['val']:.4f}")
     self.selected[name] = best
     return best
+
+
+def model_of(config: Config, fields: tuple, output_bias: float):
+  """The run's model (--model and its size options) over `fields`."""
+  return create_model(
+    config.model,
+    fields=fields,
+    embed_dim=config.embed_dim,
+    hidden=config.hidden,
+    output_bias=output_bias,
+    linear=config.linear,
+    rank=config.rank,
+    alpha=config.hybrid_alpha,
+    adapt_alpha=config.adapt_alpha,
+  )
+
+
+def learner_options(config: Config, loss: str, levels: tuple) -> dict:
+  """The run's learner options (`create_learner` keywords) for a loss and label levels."""
+  return dict(
+    inner_lr=config.inner_lr,
+    inner_steps=config.inner_steps,
+    adapt=config.adapt,
+    first_order=config.first_order,
+    loss=loss,
+    levels=levels,
+    seed=config.seed,
+  )
 
 
 def label_spec(config: Config, ds) -> LabelSpec:
@@ -157,17 +177,7 @@ def build_setup(config: Config) -> Setup:
       dim=config.cooc_dim,
       support_dim=config.cooc_support_dim,
     )
-  model = create_model(
-    config.model,
-    fields=fields,
-    embed_dim=config.embed_dim,
-    hidden=config.hidden,
-    output_bias=0.0 if config.base else label.output_bias(float(scen.train_ratings[2].mean())),
-    linear=config.linear,
-    rank=config.rank,
-    alpha=config.hybrid_alpha,
-    adapt_alpha=config.adapt_alpha,
-  )
+  model = model_of(config, fields, 0.0 if config.base else label.output_bias(float(scen.train_ratings[2].mean())))
   ctx = FitContext.of(model, fields, ds.n_items, scen.train_ratings, tables=tables, binary_labels=label.binary)
   data = device_data(scen.train, tables)
   if config.length_buckets > 1:  # the training tasks by support length (data/buckets.py)

@@ -126,33 +126,13 @@ class EpisodicRanker:
   data: object
 
   def __post_init__(self):
-    from metarec_jax.models import create_model
+    from metarec_jax.setup import learner_options, model_of
 
     c = self.config
     self.fields, tables = item_tables(self.data)
     self.tables = {k: jnp.asarray(v) for k, v in tables.items()}
-    self.model = create_model(
-      c.model,
-      fields=self.fields,
-      embed_dim=c.embed_dim,
-      hidden=c.hidden,
-      output_bias=0.0,  # balanced positives and negatives: logit 0
-      linear=c.linear,
-      rank=c.rank,
-      alpha=c.hybrid_alpha,
-      adapt_alpha=c.adapt_alpha,
-    )
-    self.learner = create_learner(
-      self.name,
-      self.model,
-      inner_lr=c.inner_lr,
-      inner_steps=c.inner_steps,
-      adapt=c.adapt,
-      first_order=c.first_order,
-      loss=c.ranking_loss,
-      levels=LABEL.levels(),
-      seed=c.seed,
-    )
+    self.model = model_of(c, self.fields, 0.0)  # balanced positives and negatives: logit 0
+    self.learner = create_learner(self.name, self.model, **learner_options(c, c.ranking_loss, LABEL.levels()))
     n = self.data.n_items
     self.all_items = jax.tree.map(lambda a: a[0], featurize(self.tables, jnp.zeros(1, jnp.int32), jnp.arange(n)[None]))
     self.score_key = jax.random.key(c.seed + 7919)
