@@ -66,7 +66,7 @@ flags.DEFINE_enum(
   "preset",
   "default",
   list(PRESETS),
-  "Named preset (metarec_jax/config.py PRESETS); flags given on the command line override it.",
+  "Named preset (metarec_jax/presets.py); flags given on the command line override it.",
   module_name=help_group("data"),
 )
 

@@ -32,7 +32,9 @@ class FinalMetrics(TypedDict):
   """final_metrics.json. Metrics dicts map a metric name (mae, rmse, ndcg@k, auc, logloss,
   ..., n_tasks) to its value."""
 
-  dataset: dict  # name, n_users, n_items, n_ratings, n_train_tasks, n_val_tasks, n_test_tasks, n_new_items[, protocol]
+  # name, n_users, n_items, n_ratings, n_train_tasks, n_val_tasks, n_val_cold_tasks, n_val_new_items,
+  # n_test_tasks, n_new_items[, protocol]
+  dataset: dict
   learner: str
   base: dict | None  # --base: {"name", "selected", "val/<criterion>", "folds"} of the fold-in stacked on
   families: dict[str, str]  # every evaluated learner -> its family
@@ -231,6 +233,8 @@ def train_and_evaluate(
       "n_ratings": ds.n_ratings,
       "n_train_tasks": len(scen.train),
       "n_val_tasks": len(scen.val),
+      "n_val_cold_tasks": {s: len(e) for s, e in scen.val_cold.items()},
+      "n_val_new_items": int(scen.split.val_new_item.sum()) if scen.split.val_new_item is not None else 0,
       "n_test_tasks": {s: len(scen.test[s]) for s in SCENARIOS},
       "n_new_items": int(scen.split.new_item.sum()),
       **({"protocol": ds.protocol_report} if ds.protocol_report else {}),

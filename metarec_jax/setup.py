@@ -56,7 +56,19 @@ class Setup:
     return learner.init(jax.random.key(self.config.seed), self.example, self.ctx)
 
   def val_score(self, learner_or_fn, params) -> dict[str, float]:
-    return self.evaluator.score(learner_or_fn, params, "val", self.scen.val, ks=VAL_KS)
+    """Validation metrics. With validation new items (`scen.val_cold`), each metric is the
+    unweighted mean over the validation scenarios (user-cold, item-cold, user+item-cold): the
+    one rule every choice (epoch, grid point, base) follows; "<scenario>/<metric>" keeps each."""
+    ev, scen = self.evaluator, self.scen
+    if not scen.val_cold:
+      return ev.score(learner_or_fn, params, "val", scen.val, ks=VAL_KS)
+    splits = {"user_cold": ("val", scen.val), **{s: (("val", s), e) for s, e in scen.val_cold.items()}}
+    parts = {s: ev.score(learner_or_fn, params, key, e, ks=VAL_KS) for s, (key, e) in splits.items() if len(e)}
+    common = set.intersection(*(set(p) for p in parts.values())) - {"n_tasks"} if parts else set()
+    out = {k: float(np.mean([p[k] for p in parts.values()])) for k in sorted(common)}
+    out["n_tasks"] = sum(p["n_tasks"] for p in parts.values())
+    out.update({f"{s}/{k}": v for s, p in parts.items() for k, v in p.items()})
+    return out
 
   def select(self, name: str, params_for: Callable[[Learner], Any] | None = None, recorded: dict | None = None) -> dict:
     """The grid point of `name`'s spec that scores best on the validation tasks (the label
@@ -165,6 +177,11 @@ def build_setup(config: Config) -> Setup:
   known = np.zeros(ds.n_items, bool)
   known[scen.train_ratings[1]] = True
   fields, tables = feature_tables(ds, known_items=known, item_id=config.item_id_feature)
+  if config.text_encoder != "none":
+    from metarec_jax.text_encoder import add_text_fields
+
+    with Progress(f"{config.dataset}: item texts ({config.text_encoder})", None):
+      fields, tables = add_text_fields(ds, fields, tables)
   if config.cooc_dim or config.cooc_support_dim:  # from the training pairs only (cross-fitted)
     positive = 0.5 if label.binary else float(label.encode(np.array([config.label_threshold]))[0])
     fields, tables = add_cooccurrence(

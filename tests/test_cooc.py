@@ -329,3 +329,35 @@ def test_explicit_ratings_use_the_liked_pairs_and_the_content_regression_ignores
   assert float(scaled.tables[COOC_POSITIVE]) == pytest.approx(0.75)
   with pytest.raises(ValueError, match="cooc_dim must be >= 0"):
     Config(**base, cooc_dim=-1).validate()
+
+
+def test_a_dropped_item_id_also_zeroes_its_cooccurrence_features():
+  """--id_dropout: a hidden item looks like a new item (unknown id, zero co-occurrence) in every field."""
+  import jax
+
+  from metarec_jax.config import Config
+  from metarec_jax.data.episodes import drop_item_ids, featurize_episodes
+  from metarec_jax.data.features import ITEM_ID_FIELD
+  from metarec_jax.setup import build_setup
+
+  st = build_setup(
+    Config(
+      dataset="synthetic",
+      synthetic_users=100,
+      synthetic_items=120,
+      hidden=(8,),
+      embed_dim=4,
+      cooc_dim=4,
+      cooc_support_dim=6,
+    )
+  )
+  ep = {k: jnp.asarray(v[:8]) for k, v in st.scen.train.arrays().items()}
+  x = featurize_episodes({k: jnp.asarray(v) for k, v in st.tables.items()}, ep)
+  dropped = drop_item_ids(jax.random.key(0), x, 0.5)
+  for before, after in ((x.support, dropped.support), (x.query, dropped.query)):
+    hidden = np.asarray((after.x[ITEM_ID_FIELD] == 0) & (before.x[ITEM_ID_FIELD] != 0))
+    assert 0.3 < hidden.mean() < 0.7
+    for name in (COOC_FIELD, COOC_SUPPORT_FIELD):
+      a, b = np.asarray(after.x[name]), np.asarray(before.x[name])
+      assert np.abs(b[hidden]).sum() > 0 and (a[hidden] == 0).all()
+      np.testing.assert_array_equal(a[~hidden], b[~hidden])

@@ -21,6 +21,9 @@ def write_ml100k(root, *, data=DATA, users=USERS, items=ITEMS_LATIN1, data_bytes
   os.makedirs(folder, exist_ok=True)
   with open(os.path.join(folder, "u.occupation"), "w") as f:
     f.write("other\ntechnician\nwriter\n")
+  with open(os.path.join(folder, "u.genre"), "w") as f:
+    names = "unknown Action Adventure Animation Children's Comedy Crime Documentary Drama Fantasy".split()
+    f.write("".join(f"{g}|{j}\n" for j, g in enumerate(names + [f"g{j}" for j in range(10, 19)])) + "\n")
   with open(os.path.join(folder, "u.user"), "w") as f:
     f.write(users)
   with open(os.path.join(folder, "u.item"), "wb") as f:
@@ -34,6 +37,8 @@ def test_ml100k_parses_fixture(tmp_path):
   ds = movielens.load_ml100k(write_ml100k(tmp_path))
   assert (ds.n_users, ds.n_items, ds.n_ratings) == (3, 3, 4)
   assert ds.item_titles[1] == "Misérables, Les (1995)"  # Latin-1 decoded
+  # The text encoder's input: title and genre names (u.genre).
+  assert ds.item_texts["item/text"][0] == "Toy Story (1995). Genres: Animation, Children's, Comedy."
   np.testing.assert_array_equal(ds.user_ids, [1, 2, 3])
   np.testing.assert_array_equal(ds.item_ids, [10, 20, 30])
   # Ratings map to contiguous indices and back.

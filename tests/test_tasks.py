@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -62,9 +64,16 @@ def test_new_items_are_the_newest(ds, scen):
 def test_warm_query_is_held_out_of_training(scen):
   train_pairs = set(zip(scen.train_ratings[0].tolist(), scen.train_ratings[1].tolist()))
   warm = scen.test["warm"]
+  trained_users = set(scen.train.user.tolist())
+  assert len(trained_users & set(warm.user.tolist())) >= 0.95 * len(warm)
   for t in range(len(warm)):
     assert not _pairs(warm, t, "query") & train_pairs
-    assert _pairs(warm, t, "support") <= train_pairs
+    # The support is the user's training ratings, plus any of validation new items (held out
+    # of training; the test tasks are the same as without them).
+    # A user left with no training task once those are out trains on none of them.
+    held = {(u, i) for u, i in _pairs(warm, t, "support") if scen.split.val_new_item[i]}
+    if int(warm.user[t]) in trained_users:
+      assert _pairs(warm, t, "support") - held <= train_pairs
 
 
 def test_masks_match_true_lengths(ds, scen):
@@ -82,9 +91,11 @@ def test_masks_match_true_lengths(ds, scen):
     s = ep.support_mask[t].sum()
     assert ep.support_mask[t, :s].all() and not ep.support_mask[t, s:].any()
     assert (ep.support_rating[t, s:] == 0).all()
-  for e in [scen.train, scen.val, *scen.test.values()]:
+  for e in [scen.train, scen.val, *scen.test.values(), *scen.val_cold.values()]:
     n = e.support_mask.sum(1) + e.query_mask.sum(1)
-    assert (n >= cfg.min_ratings).all() and (n <= cfg.max_ratings).all()
+    # A training task keeps a support once the validation items are out of it.
+    lo = cfg.query_size + 1 if e is scen.train else cfg.min_ratings
+    assert (n >= lo).all() and (n <= cfg.max_ratings).all()
 
 
 def test_fixed_seed_gives_same_episodes(ds):
@@ -132,3 +143,54 @@ def test_redraw_keeps_each_tasks_ratings(scen):
 def test_bad_task_config():
   with pytest.raises(ValueError, match="min_ratings .* must exceed query_size"):
     TaskConfig(min_ratings=5, query_size=10)
+
+
+def _leak_check(ds, scen):
+  """The validation new items: the newest existing items, absent from every training rating and
+  episode, and the only items of the validation item-cold tasks."""
+  split = scen.split
+  held = split.val_new_item
+  assert held.any() and not (held & split.new_item).any()
+  existing = ~split.new_item & (np.bincount(ds.items, minlength=ds.n_items) > 0) & ~np.isnan(ds.item_release)
+  assert ds.item_release[held].min() >= ds.item_release[existing & ~held].max()
+  assert not held[scen.train_ratings[1]].any()
+  for ep in (scen.train,):
+    assert not held[ep.support_item[ep.support_mask]].any() and not held[ep.query_item[ep.query_mask]].any()
+  for name, users in (("item_cold", split.train_users), ("user_item_cold", split.val_users)):
+    ep = scen.val_cold[name]
+    assert len(ep) and np.isin(ep.user, users).all()
+    assert held[ep.support_item[ep.support_mask]].all() and held[ep.query_item[ep.query_mask]].all()
+  # The test tasks are those of a split without validation items.
+  plain = build_scenarios(ds, dataclasses.replace(TaskConfig(), val_item_frac=0.0), seed=0)
+  for s in SCENARIOS:
+    np.testing.assert_array_equal(scen.test[s].query_item, plain.test[s].query_item)
+    np.testing.assert_array_equal(scen.test[s].support_item, plain.test[s].support_item)
+
+
+def test_validation_new_items_never_reach_training(ds):
+  scen = build_scenarios(ds, dataclasses.replace(TaskConfig(), val_item_frac=0.2), seed=0)
+  _leak_check(ds, scen)
+  # Nor the model: they read the unknown item id, and the fold-ins' training ratings lack them.
+  from metarec_jax.config import Config
+  from metarec_jax.setup import build_setup
+
+  st = build_setup(Config(dataset="synthetic", synthetic_users=300, synthetic_items=400, val_item_frac=0.2, seed=0))
+  held = st.scen.split.val_new_item
+  assert held.any() and (st.tables["item/id"][held] == 0).all()
+  assert not held[st.ctx.train_items].any()
+  assert not held[
+    np.asarray(st.data["episodes"]["support_item"])[np.asarray(st.data["episodes"]["support_mask"])]
+  ].any()
+  val = st.val_score(st.evaluator.predict_fn(st.make("item_mean")), st.init_params(st.make("item_mean")))
+  assert {"mae", "user_cold/mae", "item_cold/mae", "user_item_cold/mae"} <= set(val)
+  parts = [val[f"{s}/mae"] for s in ("user_cold", "item_cold", "user_item_cold")]
+  np.testing.assert_allclose(val["mae"], np.mean(parts), rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ml-100k", "ml-1m"])
+def test_validation_new_items_never_reach_training_on_real_data(name, shared_data_dir):
+  from metarec_jax.data import load_dataset
+
+  ds = load_dataset(name, data_dir=shared_data_dir)
+  _leak_check(ds, build_scenarios(ds, TaskConfig(), seed=0))

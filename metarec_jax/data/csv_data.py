@@ -3,11 +3,12 @@
 Ratings: a header `user,item,rating[,timestamp]`, one rating per row. Ids are any strings.
 Feature files: a header whose first column is `user` (or `item`), then one column per
 feature; each feature column's type is given by `columns` ("name:categorical",
-"name:multihot:SEP", "name:numeric", "name:title"):
+"name:multihot:SEP", "name:numeric", "name:title", "name:text"):
   categorical  each distinct value is one id (an empty cell is its own "missing" id);
   multihot     the cell is split on SEP, each distinct token one id (empty cell: no token);
   numeric      bucketed into up to `numeric_buckets` quantile bins (an empty cell: own bin);
-  title        an item's display name (not a feature).
+  title        an item's display name (not a feature);
+  text         an item's free text, a sentence vector with --text_encoder (item side only).
 A feature column without a type is an error, as is a user feature row whose user has no
 rating, or a rated user/item without a feature row (when a feature file is given). An item
 feature row whose item nobody has rated is a catalogue item: a new item in every split (it can
@@ -30,7 +31,7 @@ from metarec_jax.data.movielens import multihot_table
 from metarec_jax.data.schema import DataError, Dataset, FieldSpec
 
 CSV_SOURCE = "Write a CSV with the header user,item,rating[,timestamp]; see `--dataset=csv` in README.md."
-COLUMN_TYPES = ("categorical", "multihot", "numeric", "title")
+COLUMN_TYPES = ("categorical", "multihot", "numeric", "title", "text")
 
 
 def parse_column_types(specs: tuple[str, ...] | list[str]) -> dict[str, tuple[str, str | None]]:
@@ -104,11 +105,12 @@ def load_csv(
   stamps = np.array(stamps, np.int64)
   users, items, ratings, stamps = dedupe_keep_last(users, items, ratings, stamps, path=ratings_path)
 
-  fields, features, titles = [], {}, None
+  fields, features, titles, texts = [], {}, None, {}
   for path, side, index in ((user_features, "user", user_index), (item_features, "item", item_index)):
     if not path:
       continue
-    f_fields, f_tables, f_titles = _read_features(path, side, index, types, numeric_buckets, delimiter)
+    f_fields, f_tables, f_titles, f_texts = _read_features(path, side, index, types, numeric_buckets, delimiter)
+    texts.update(f_texts)
     fields += f_fields
     features.update(f_tables)
     if side == "item" and f_titles is not None:
@@ -136,6 +138,7 @@ def load_csv(
     features=features,
     item_release=release,
     item_titles=titles,
+    item_texts=texts or None,
     rating_scale=(float(lo), float(hi)),
   )
   ds.validate()
@@ -170,13 +173,17 @@ def _read_features(path, side, index, types, numeric_buckets, delimiter=","):
   missing = [rid for rid in index if rid not in seen]
   if missing:
     raise DataError(f"{path}: {len(missing)} rated {side}(s) have no feature row, e.g. {missing[0]!r}")
-  fields, tables, titles = [], {}, None
+  fields, tables, titles, texts = [], {}, None, {}
   for c in cols[1:]:
     kind, sep = types[c]
     col = values[c]
     name = f"{side}/{c}"
     if kind == "title":
       titles = list(col)
+    elif kind == "text":
+      if side != "item":
+        raise DataError(f"{path}:1: column {c!r} is of type text, which only item features take")
+      texts[name] = list(col)
     elif kind == "categorical":
       vocab = {v: j for j, v in enumerate(sorted(set(col)))}
       tables[name] = np.array([vocab[v] for v in col], np.int32)
@@ -195,4 +202,4 @@ def _read_features(path, side, index, types, numeric_buckets, delimiter=","):
       edges = np.unique(np.quantile(nums[ok], np.linspace(0, 1, numeric_buckets + 1)[1:-1])) if ok.any() else []
       tables[name] = np.where(ok, np.digitize(np.nan_to_num(nums), edges) + 1, 0).astype(np.int32)
       fields.append(FieldSpec(name, "categorical", len(edges) + 2))
-  return fields, tables, titles
+  return fields, tables, titles, texts

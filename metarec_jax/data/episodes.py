@@ -7,7 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metarec_jax.data.features import ITEM_ID_FIELD, featurize, leave_own_out, support_cooc
+from metarec_jax.data.features import (
+  COOC_FIELD,
+  COOC_SUPPORT_FIELD,
+  ITEM_ID_FIELD,
+  featurize,
+  leave_own_out,
+  support_cooc,
+)
 from metarec_jax.data.tasks import Episodes
 from metarec_jax.learners.base import Batch, Episode
 
@@ -24,12 +31,18 @@ def featurize_episodes(tables: dict, ep: dict) -> Episode:
 
 
 def drop_item_ids(rng, episode: Episode, rate: float) -> Episode:
-  """Replaces item ids by the unknown id with probability `rate` (cold-item training)."""
+  """Replaces item ids by the unknown id with probability `rate` (cold-item training). A hidden
+  item's co-occurrence features (made from training positives) are zeroed too, so that it looks
+  like a new item, whose co-occurrence vector is zero, in every field."""
 
   def drop(key, batch):
     ids = batch.x[ITEM_ID_FIELD]
+    hide = jax.random.bernoulli(key, rate, ids.shape)
     x = dict(batch.x)
-    x[ITEM_ID_FIELD] = jnp.where(jax.random.bernoulli(key, rate, ids.shape), 0, ids)
+    x[ITEM_ID_FIELD] = jnp.where(hide, 0, ids)
+    for name in (COOC_FIELD, COOC_SUPPORT_FIELD):
+      if name in x:
+        x[name] = jnp.where(hide[..., None], 0.0, x[name])
     return batch._replace(x=x)
 
   k1, k2 = jax.random.split(rng)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from metarec_jax.data.schema import Dataset, FieldSpec
+from metarec_jax.data.schema import VECTOR_KINDS, Dataset, FieldSpec
 from metarec_jax.progress import Progress
 
 ITEM_ID_FIELD = "item/id"
@@ -22,7 +22,8 @@ def feature_tables(
   """
   fields = tuple(ds.fields)
   tables = {
-    spec.name: np.asarray(ds.features[spec.name], np.float32 if spec.kind == "dense" else np.int32) for spec in fields
+    spec.name: np.asarray(ds.features[spec.name], np.float32 if spec.kind in VECTOR_KINDS else np.int32)
+    for spec in fields
   }
   tables.update({k: np.asarray(v) for k, v in ds.features.items() if k.startswith("_")})  # helper tables
   if item_id:

@@ -24,6 +24,7 @@ the training pairs (data/features.py).
 
 from __future__ import annotations
 
+import collections
 import os
 
 import numpy as np
@@ -66,7 +67,18 @@ def popularity_tables(fixed_episodes: dict, n_users: int, n_items: int) -> dict:
 
 
 def _dataset(
-  name, users, items, labels, n_users, n_items, user_ids, item_ids, titles=None, fixed_episodes=None, report=None
+  name,
+  users,
+  items,
+  labels,
+  n_users,
+  n_items,
+  user_ids,
+  item_ids,
+  titles=None,
+  fixed_episodes=None,
+  report=None,
+  texts=None,
 ) -> Dataset:
   fields = (FieldSpec(POPULARITY_FIELD, "categorical", POPULARITY_BUCKETS),)
   ds = Dataset(
@@ -81,6 +93,7 @@ def _dataset(
     features=popularity_tables(fixed_episodes, n_users, n_items),
     item_release=np.full(n_items, np.nan),
     item_titles=titles,
+    item_texts=texts,
     rating_scale=(0.0, 1.0),
     protocol_report=report,
     implicit=True,
@@ -255,6 +268,8 @@ def load_hetrec_lastfm(data_dir: str, *, seed: int = 0) -> Dataset:
     "protocol": "fresh",
     "episodes": {k: len(v) for k, v in episodes.items()},
   }
+  names = [titles.get(int(a), str(a)) for a in item_ids]
+  tags = _top_tags(root, item_ids)
   return _dataset(
     "hetrec-lastfm",
     users,
@@ -264,7 +279,30 @@ def load_hetrec_lastfm(data_dir: str, *, seed: int = 0) -> Dataset:
     len(item_ids),
     user_ids,
     item_ids,
-    titles=[titles.get(int(a), str(a)) for a in item_ids],
+    titles=names,
     fixed_episodes=episodes,
     report=report,
+    texts={"item/text": [f"{n}. Tags: {', '.join(t)}." if t else f"{n}." for n, t in zip(names, tags)]},
   )
+
+
+def _top_tags(root: str, item_ids: np.ndarray, top: int = 10) -> list[list[str]]:
+  """Each artist's `top` most used tags (user_taggedartists.dat, names from tags.dat; ties by
+  tag id); empty lists when the tag files are absent."""
+  tag_path, use_path = os.path.join(root, "tags.dat"), os.path.join(root, "user_taggedartists.dat")
+  if not (os.path.isfile(tag_path) and os.path.isfile(use_path)):
+    return [[] for _ in item_ids]
+  name = {
+    parse_int(tag_path, line, "tagID", p[0]): p[1].strip()
+    for line, p in read_rows(tag_path, sep="\t", n_fields=2, skip_header=True, encoding="latin-1", source=HETREC_SOURCE)
+  }
+  index = {int(a): j for j, a in enumerate(item_ids)}
+  counts = [collections.Counter() for _ in item_ids]
+  for line, p in read_rows(use_path, sep="\t", n_fields=6, skip_header=True, source=HETREC_SOURCE):
+    j = index.get(parse_int(use_path, line, "artistID", p[1]))
+    tag = parse_int(use_path, line, "tagID", p[2])
+    if tag not in name:
+      raise DataError(f"{use_path}:{line}: field 'tagID' value {tag} is not in {tag_path}")
+    if j is not None:
+      counts[j][tag] += 1
+  return [[name[t] for t, _ in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:top]] for c in counts]

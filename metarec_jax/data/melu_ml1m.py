@@ -179,9 +179,14 @@ def load_melu_ml1m(data_dir: str) -> Dataset:
   movie_path = os.path.join(root, "movies_extrainfos.dat")
   movie_rows = _read_dat(movie_path, 11, "utf-8")
   movie_ids, titles, mfeat, skipped = [], [], {k: [] for k in ("rate", "genre", "director", "actor")}, 0
+  years, texts = [], []
   for line, parts in movie_rows:
     movie_ids.append(_int(movie_path, line, "movie_id", parts[0]))
     titles.append(f"{parts[1]} ({parts[2]})")
+    years.append(_int(movie_path, line, "year", parts[2]))
+    texts.append(
+      f"{parts[1]} ({parts[2]}). Genres: {parts[5]}. Director: {parts[6]}. Actors: {parts[8]}. {parts[9]}".strip()
+    )
     mfeat["rate"].append(voc["rate"].get(parts[3].strip(), len(voc["rate"])))  # unknown rate: its own id
     for k, col in (("genre", 5), ("director", 6), ("actor", 8)):
       tokens = [t.strip() for t in parts[col].split(",") if t.strip()]
@@ -263,8 +268,12 @@ def load_melu_ml1m(data_dir: str) -> Dataset:
     item_ids=item_ids,
     fields=fields,
     features=features,
-    item_release=np.full(n_items, np.nan),
+    # Release: 1 January of the year (what orders the validation new items; MeLU's own new items
+    # come from the state files).
+    item_release=np.concatenate([(np.array(years, np.float64) - 1970) * 365.2425 * 86400, np.full(len(extra), np.nan)]),
     item_titles=titles + [f"(unknown ML-1M movie, rda item {j})" for j in extra],
+    # The text encoder's input: title, year, genres, director, actors and MeLU's plot.
+    item_texts={"item/text": texts + ["" for _ in extra]},
   )
   ds.split_hint = {
     "new_item": new_item,

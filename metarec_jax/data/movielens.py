@@ -95,6 +95,12 @@ def load_ml100k(data_dir: str) -> Dataset:
       raise DataError(f"{item_path}:{line}: genre flags (fields 6-24) must be 0 or 1")
     genres.append([g for g, f in enumerate(flags) if f == "1"])
   item_index = _index(raw_item_ids, item_path, "movie id")
+  genre_path = os.path.join(root, "u.genre")
+  genre_name = {
+    parse_int(genre_path, line, "genre id", g): name
+    for line, (name, g) in read_rows(genre_path, sep="|", n_fields=2, encoding="latin-1", source=ML100K_SOURCE)
+  }
+  texts = [f"{t}. Genres: {', '.join(genre_name.get(g, str(g)) for g in gs)}." for t, gs in zip(titles, genres)]
   release = np.array(release, np.float64)
   years = np.array(
     [datetime.datetime.fromtimestamp(t, datetime.timezone.utc).year if t == t else np.nan for t in release], np.float64
@@ -149,6 +155,7 @@ def load_ml100k(data_dir: str) -> Dataset:
     features=features,
     item_release=release,
     item_titles=titles,
+    item_texts={"item/text": texts},
   )
   ds.validate()
   return ds

@@ -11,7 +11,10 @@ class DataError(ValueError):
   """Bad input data. The message names the file, the line or field, and what was expected."""
 
 
-FIELD_KINDS = ("categorical", "multihot", "dense")
+FIELD_KINDS = ("categorical", "multihot", "dense", "text")
+# Float-vector kinds: "dense" (made from training interactions) and "text" (a sentence vector of
+# the item's text: content, which the fold-ins' content regression also reads).
+VECTOR_KINDS = ("dense", "text")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +23,8 @@ class FieldSpec:
 
   name: "user/<field>" or "item/<field>".
   kind: "categorical" (table shape [n]), "multihot" (table shape [n, k], -1 padded) or
-    "dense" (float table [n, k]: a fixed vector per row, projected by a learned matrix).
+    "dense" (float table [n, k]: a fixed vector per row, projected by a learned matrix) or
+    "text" (the same, a sentence-encoder vector of the item's text; `text_encoder.py`).
   vocab_size: number of distinct ids; valid ids are 0..vocab_size-1 ("dense": the width k).
   """
 
@@ -56,6 +60,8 @@ class Dataset:
   features: dict[str, np.ndarray]
   item_release: np.ndarray  # [n_items] float64 release time (unix seconds); nan if unknown
   item_titles: list[str] | None = None
+  # "item/<name>" -> each item's text: "text" fields once encoded (--text_encoder; unused without)
+  item_texts: dict[str, list[str]] | None = None
   rating_scale: tuple[float, float] = (1.0, 5.0)
   # A fixed cold-start split (a benchmark's own): {"new_item": bool [n_items], "new_users",
   # "warm_users": index arrays}; None: split by time (data/tasks.py).
@@ -88,6 +94,9 @@ class Dataset:
       raise DataError(f"{self.name}: user index out of range [0, {self.n_users})")
     if n and (self.items.min() < 0 or self.items.max() >= self.n_items):
       raise DataError(f"{self.name}: item index out of range [0, {self.n_items})")
+    for name, texts in (self.item_texts or {}).items():
+      if not name.startswith("item/") or len(texts) != self.n_items:
+        raise DataError(f"{self.name}: text {name!r} must be named item/<name> and give one text per item")
     for spec in self.fields:
       table = self.features.get(spec.name)
       if table is None:
@@ -95,7 +104,7 @@ class Dataset:
       rows = self.n_users if spec.name.startswith("user/") else self.n_items
       if table.shape[0] != rows:
         raise DataError(f"{self.name}: feature {spec.name!r} has {table.shape[0]} rows, expected {rows}")
-      if spec.kind == "dense":
+      if spec.kind in VECTOR_KINDS:
         if table.shape[1:] != (spec.vocab_size,) or not np.isfinite(table).all():
           raise DataError(
             f"{self.name}: dense feature {spec.name!r} must be a finite [{rows}, {spec.vocab_size}] "

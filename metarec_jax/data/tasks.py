@@ -31,6 +31,9 @@ class TaskConfig:
   new_item_frac: float = 0.2  # newest items by release date are "new"
   new_user_frac: float = 0.2  # users who joined last (first rating) are "new"
   val_user_frac: float = 0.1  # existing users held out for model selection
+  # The newest share of the existing items held out as validation new items (item-side
+  # selection): their ratings leave meta-training and form the validation item-cold tasks.
+  val_item_frac: float = 0.1
   user_split: str = "time"  # "time" or "random"
 
   def __post_init__(self):
@@ -42,6 +45,8 @@ class TaskConfig:
       raise ValueError(f"max_ratings ({self.max_ratings}) must be >= min_ratings ({self.min_ratings})")
     if self.max_support is not None and self.max_support < 1:
       raise ValueError(f"max_support must be >= 1, got {self.max_support}")
+    if not 0.0 <= self.val_item_frac < 1.0:
+      raise ValueError(f"val_item_frac must be in [0, 1), got {self.val_item_frac}")
     if self.user_split not in ("time", "random"):
       raise ValueError(f"user_split must be 'time' or 'random', got {self.user_split!r}")
 
@@ -85,6 +90,8 @@ class ColdStartSplit:
   val_users: np.ndarray  # existing users held out for selection
   new_users: np.ndarray  # test users of the user-cold scenarios
   item_cold_users: np.ndarray  # existing users tested on new items (item-cold scenario)
+  # [n_items] bool: existing items held out as validation new items (never in meta-training)
+  val_new_item: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -97,6 +104,9 @@ class Scenarios:
   # How the episodes' labels encode ratings, and so the loss and metrics (set by
   # train.build_setup; the default: raw 1-5 ratings).
   label: LabelSpec = dataclasses.field(default_factory=LabelSpec)
+  # Validation tasks on the validation new items, mirroring the item-cold test scenarios:
+  # "item_cold" (train users) and "user_item_cold" (validation users); {} without them.
+  val_cold: dict[str, Episodes] = dataclasses.field(default_factory=dict)
 
 
 def split_users_items(ds: Dataset, cfg: TaskConfig, seed: int) -> ColdStartSplit:
@@ -105,13 +115,15 @@ def split_users_items(ds: Dataset, cfg: TaskConfig, seed: int) -> ColdStartSplit
     warm = np.array(ds.split_hint["warm_users"], np.int32)
     perm = rng.permutation(len(warm))
     n_val = int(round(cfg.val_user_frac * len(warm)))
-    # MeLU tests new items on every warm user (validation reads only existing-item ratings).
+    # MeLU tests new items on every warm user.
+    new_item = np.asarray(ds.split_hint["new_item"], bool)
     return ColdStartSplit(
-      new_item=np.asarray(ds.split_hint["new_item"], bool),
+      new_item=new_item,
       train_users=np.sort(warm[perm[n_val:]]),
       val_users=np.sort(warm[perm[:n_val]]),
       new_users=np.array(ds.split_hint["new_users"], np.int32),
       item_cold_users=np.sort(warm),
+      val_new_item=_newest_existing(ds, new_item, cfg.val_item_frac),
     )
   # Items: the newest `new_item_frac` of the rated items by release date are new; an item with an
   # unknown date stays existing (without dates no rated item is new). A catalogue item nobody
@@ -141,7 +153,27 @@ def split_users_items(ds: Dataset, cfg: TaskConfig, seed: int) -> ColdStartSplit
     val_users=np.sort(existing[:n_val]),
     new_users=new_users,
     item_cold_users=np.sort(existing[n_val:]),
+    val_new_item=_newest_existing(ds, new_item, cfg.val_item_frac),
   )
+
+
+def _newest_existing(ds: Dataset, new_item: np.ndarray, frac: float) -> np.ndarray:
+  """[n_items] bool: the newest `frac` of the rated existing items, by the key that makes items
+  new (release date; by first rating where the dataset has no release dates but timestamps).
+  Items without either key are never held out; all False without any."""
+  rated = np.bincount(ds.items, minlength=ds.n_items) > 0
+  key = ds.item_release.astype(np.float64)
+  if np.isnan(key).all() and ds.timestamps.any():
+    first = np.full(ds.n_items, np.inf)
+    np.minimum.at(first, ds.items, ds.timestamps.astype(np.float64))
+    key = np.where(np.isfinite(first), first, np.nan)
+  cand = rated & ~new_item & ~np.isnan(key)
+  out = np.zeros(ds.n_items, bool)
+  n = int(round(frac * (rated & ~new_item).sum()))
+  if n and cand.any():
+    order = np.lexsort((np.arange(ds.n_items), np.nan_to_num(key, nan=-np.inf)))
+    out[order[cand[order]][-n:]] = True
+  return out
 
 
 def build_scenarios(ds: Dataset, cfg: TaskConfig, seed: int) -> Scenarios:
@@ -152,6 +184,9 @@ def build_scenarios(ds: Dataset, cfg: TaskConfig, seed: int) -> Scenarios:
   - train: train users x existing items, minus the warm-test hold-out; a user with more
     than `max_ratings` ratings is cut into several tasks.
   - val: validation users x existing items (mirrors user-cold; used for selection).
+  - val_cold: the validation new items (`val_item_frac`, the newest existing items; their
+    ratings are left out of everything else) x train users ("item_cold") and x validation
+    users ("user_item_cold"), mirroring the two item-cold test scenarios.
   - warm: train users; query = `query_size` existing-item ratings held out of training,
     support = the user's training ratings.
   - user_cold: new users x existing items. item_cold: train users x new items.
@@ -162,46 +197,64 @@ def build_scenarios(ds: Dataset, cfg: TaskConfig, seed: int) -> Scenarios:
   split = split_users_items(ds, cfg, seed)
   rng = np.random.default_rng([seed, 2])
   by_user = _group_by_user(ds)
-  new_item = split.new_item
+  # An item's kind: 0 existing, 1 new (test), 2 validation new. The test and user-cold
+  # validation tasks read kinds 0 and 2 as existing, as without the validation items (so they
+  # are the same tasks); meta-training drops kind 2, which only the validation item tasks read.
+  kind = split.new_item.astype(np.int8)
+  if split.val_new_item is not None:
+    kind[split.val_new_item & ~split.new_item] = 2
+  EXISTING, NEW, VAL_NEW = (0, 2), (1,), (2,)
 
-  def subset(user, want_new_items):
+  def subset(user, kinds):
     items, ratings = by_user[user]
-    keep = new_item[items] == want_new_items
+    keep = np.isin(kind[items], kinds)
     return items[keep], ratings[keep]
 
   S, Q = cfg.support_size, cfg.query_size
   train_tasks, warm_tasks = [], []
   for u in split.train_users:
-    items, ratings = subset(u, False)
+    items, ratings = subset(u, EXISTING)
     n = len(items)
     if n < cfg.min_ratings:
       continue
     perm = rng.permutation(n)
-    if cfg.min_ratings + Q <= n <= cfg.max_ratings:
-      held, perm = perm[:Q], perm[Q:]
-      warm_tasks.append((u, items[perm], ratings[perm], items[held], ratings[held]))
+    warm = cfg.min_ratings + Q <= n <= cfg.max_ratings
+    held, perm = (perm[:Q], perm[Q:]) if warm else (None, perm)
     # Users with more than max_ratings ratings train as several tasks of <= max_ratings each,
-    # so no warm rating is thrown away; test tasks keep the strict filter.
+    # so no warm rating is thrown away; test tasks keep the strict filter. Validation items
+    # leave each chunk, and a chunk left without a support (<= query_size ratings) is dropped.
     for chunk in np.array_split(perm, -(-len(perm) // cfg.max_ratings)):
-      train_tasks.append((u, items[chunk], ratings[chunk]))
+      chunk = chunk[kind[items[chunk]] == 0]
+      if len(chunk) > Q:
+        train_tasks.append((u, items[chunk], ratings[chunk]))
+    if warm:  # the support: the user's other ratings (training ones and those of validation items)
+      warm_tasks.append((u, items[perm], ratings[perm], items[held], ratings[held]))
 
-  def tasks_for(users, want_new):
+  def tasks_for(users, kinds):
     out = []
     for u in users:
-      items, ratings = subset(u, want_new)
+      items, ratings = subset(u, kinds)
       if cfg.min_ratings <= len(items) <= cfg.max_ratings:
         perm = rng.permutation(len(items))
         out.append((u, items[perm[Q:]], ratings[perm[Q:]], items[perm[:Q]], ratings[perm[:Q]]))
     return out
 
   train = _pack([(u, it[Q:], r[Q:], it[:Q], r[:Q]) for u, it, r in train_tasks], S, Q)
-  val = _pack(tasks_for(split.val_users, False), S, Q)
+  val = _pack(tasks_for(split.val_users, EXISTING), S, Q)
   test = {
     "warm": _pack(warm_tasks, S, Q),
-    "user_cold": _pack(tasks_for(split.new_users, False), S, Q),
-    "item_cold": _pack(tasks_for(split.item_cold_users, True), S, Q),
-    "user_item_cold": _pack(tasks_for(split.new_users, True), S, Q),
+    "user_cold": _pack(tasks_for(split.new_users, EXISTING), S, Q),
+    "item_cold": _pack(tasks_for(split.item_cold_users, NEW), S, Q),
+    "user_item_cold": _pack(tasks_for(split.new_users, NEW), S, Q),
   }
+  val_cold = (
+    {
+      "item_cold": _pack(tasks_for(split.train_users, VAL_NEW), S, Q),
+      "user_item_cold": _pack(tasks_for(split.val_users, VAL_NEW), S, Q),
+    }
+    if (kind == 2).any()
+    else {}
+  )
   tu = (
     np.concatenate([np.full(len(it), u, np.int32) for u, it, _ in train_tasks])
     if train_tasks
@@ -209,7 +262,7 @@ def build_scenarios(ds: Dataset, cfg: TaskConfig, seed: int) -> Scenarios:
   )
   ti = np.concatenate([it for _, it, _ in train_tasks]) if train_tasks else np.zeros(0, np.int32)
   tr = np.concatenate([r for _, _, r in train_tasks]) if train_tasks else np.zeros(0, np.float32)
-  return Scenarios(split=split, train=train, val=val, test=test, train_ratings=(tu, ti, tr))
+  return Scenarios(split=split, train=train, val=val, test=test, train_ratings=(tu, ti, tr), val_cold=val_cold)
 
 
 def _fixed_scenarios(ds: Dataset) -> Scenarios:

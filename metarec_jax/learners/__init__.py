@@ -10,6 +10,8 @@ from __future__ import annotations
 from metarec_jax.learners import baselines  # noqa: F401
 from metarec_jax.learners import maml  # noqa: F401
 from metarec_jax.learners import set_models  # noqa: F401
+from metarec_jax.learners import metaemb  # noqa: F401
+from metarec_jax.learners import mamo  # noqa: F401
 from metarec_jax.learners import foldin  # noqa: F401
 from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, masked_mse
 from metarec_jax.learners.maml import ADAPT_MODES, adapt_mask
@@ -24,6 +26,8 @@ def create_learner(name: str, model=None, *, base: Learner | None = None, base_f
   `adapt` / `predict` take one task. With `base` (a fitted fold-in), a trained learner
   predicts that base's residual (learners/stacked.py)."""
   spec = get_spec(name)
+  if base is not None and spec.trained and not spec.stackable:
+    raise ValueError(f"--learner={name} cannot be stacked on a fold-in (--base): run it without --base")
   learner = spec.build(model, **options)
   if base is not None and spec.trained:
     learner = make_stacked(learner, base, folds=base_folds)

@@ -23,12 +23,15 @@ _FOLDIN_OPTIONS = ("reg_user", "reg_item", "reg_content", "rank", "reg", "als_it
 
 
 def item_design_matrix(ctx: FitContext) -> np.ndarray:
-  """[n_items, F] one-hot / multi-hot item content features plus an intercept column. Not the
-  item id, and not dense fields (the co-occurrence vectors, made from training interactions,
-  and the per-episode support similarity): they are not content."""
+  """[n_items, F] one-hot / multi-hot item content features, text vectors ("text" fields, as they
+  are) and an intercept column. Not the item id, and not dense fields (the co-occurrence vectors,
+  made from training interactions, and the per-episode support similarity): not content."""
   cols = [np.ones((ctx.n_items, 1))]
   for spec in ctx.fields:
     if not spec.name.startswith("item/") or spec.name == ITEM_ID_FIELD or spec.kind == "dense":
+      continue
+    if spec.kind == "text":
+      cols.append(np.asarray(ctx.tables[spec.name], np.float64))
       continue
     ids = np.asarray(ctx.tables[spec.name])
     ids = ids[:, None] if ids.ndim == 1 else ids

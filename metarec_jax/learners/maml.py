@@ -72,7 +72,7 @@ def _localized_fields(model, mode: str, support_x) -> list[_Local]:
   out = []
   for spec in model.fields:
     occurrences = int(support_x[spec.name].size)
-    if spec.vocab_size > occurrences:
+    if spec.kind in ("categorical", "multihot") and spec.vocab_size > occurrences:
       out.append(_Local(spec, _table_path(spec)))
   return out
 

@@ -52,6 +52,7 @@ class LearnerSpec:
   baseline: bool = False  # may be listed in --baselines
   default_baseline: bool = False  # in the default --baselines
   stack_base: bool = False  # may be --base (a closed-form fold-in)
+  stackable: bool = True  # may predict a --base fold-in's residual (learners/stacked.py)
   # Adapts by gradient steps: the protocol also evaluates it with no inner step.
   inner_loop: bool = False
   meta_learner: bool = False  # one of the meta-learners (experiments.compare's default list)

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from metarec_jax.data.schema import FieldSpec
+from metarec_jax.data.schema import VECTOR_KINDS, FieldSpec
 
 MODELS = ("content", "cf", "hybrid")
 EMBED_SCOPE = "embed"
@@ -31,7 +31,7 @@ def embed_field(table: jnp.ndarray, spec: FieldSpec, ids: jnp.ndarray) -> jnp.nd
   much faster on CPU. Larger tables gather rows; padding slots gather nothing.
   """
   table = jnp.asarray(table)
-  if spec.kind == "dense":
+  if spec.kind in VECTOR_KINDS:
     return ids.astype(table.dtype) @ table
   vocab = table.shape[0]
   if vocab <= ONE_HOT_MAX_VOCAB:

@@ -34,7 +34,7 @@ import optax
 
 from metarec_jax.data.episodes import featurize_episodes
 from metarec_jax.data.features import ITEM_ID_FIELD, featurize
-from metarec_jax.data.schema import FieldSpec
+from metarec_jax.data.schema import VECTOR_KINDS, FieldSpec
 from metarec_jax.labels import LabelSpec
 from metarec_jax.learners import Batch, FitContext, create_learner, get_spec, names
 from metarec_jax.ranking.baselines import RankerSpec
@@ -56,7 +56,7 @@ def item_tables(data) -> tuple[tuple[FieldSpec, ...], dict[str, np.ndarray]]:
   never used, as every catalogue item has training positives)."""
   fields = tuple(data.item_fields) + (FieldSpec(ITEM_ID_FIELD, "categorical", data.n_items + 1),)
   tables = {
-    f.name: np.asarray(data.item_tables[f.name], np.float32 if f.kind == "dense" else np.int32)
+    f.name: np.asarray(data.item_tables[f.name], np.float32 if f.kind in VECTOR_KINDS else np.int32)
     for f in data.item_fields
   }
   tables[ITEM_ID_FIELD] = np.arange(1, data.n_items + 1, dtype=np.int32)

@@ -207,7 +207,7 @@ def _fit(learner, params, data, config, *, n_tasks, val_score, select, log, ckpt
       "time/epoch_s": epoch_time,
       "time/tasks_per_s": (n_batches - prog.row) * B / epoch_time,
     }
-    record.update({f"val/{k}": v for k, v in val.items() if k in LOGGED_VAL})
+    record.update({f"val/{k}": v for k, v in val.items() if k.rpartition("/")[2] in LOGGED_VAL})
     if log:
       log.write(record)
     bar.update(1, note=f"val {select} {val.get(select, float('nan')):.4f}")
