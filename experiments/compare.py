@@ -37,6 +37,8 @@ def main(argv):
     names = list(FLAGS.learners)
     if base.protocol == "ranking" and not FLAGS["learners"].present:
       names = [base.learner]  # the ranking protocol's learner (the meta-learners rank as maml_rank)
+    elif base.base and not FLAGS["learners"].present:  # the default list, less what cannot stack
+      names = [n for n in names if learners.get_spec(n).stackable]
     md = compare(
       base,
       names,

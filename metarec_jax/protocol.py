@@ -33,7 +33,7 @@ class FinalMetrics(TypedDict):
   ..., n_tasks) to its value."""
 
   # name, n_users, n_items, n_ratings, n_train_tasks, n_val_tasks, n_val_cold_tasks, n_val_new_items,
-  # n_test_tasks, n_new_items[, protocol]
+  # n_test_tasks, n_new_items[, protocol][, oracle: synthetic data's floor, scenario -> metrics]
   dataset: dict
   learner: str
   base: dict | None  # --base: {"name", "selected", "val/<criterion>", "folds"} of the fold-in stacked on
@@ -157,6 +157,26 @@ class _Run:
     return preds, metrics
 
 
+def oracle_metrics(st: Setup) -> dict:
+  """Synthetic data: each test scenario scored with the generator's own noiseless ratings
+  (`synthetic.oracle_prediction`), the floor no model can beat; {} for other data or 0/1 labels."""
+  from metarec_jax.data.synthetic import oracle_prediction
+
+  ds, scen, c = st.ds, st.scen, st.config
+  if ds.expected is None or scen.label.binary:
+    return {}
+  keys = ds.users.astype(np.int64) * ds.n_items + ds.items
+  order = np.argsort(keys)
+  out = {}
+  for s in SCENARIOS:
+    ep = scen.test[s]
+    q = ep.user[:, None].astype(np.int64) * ds.n_items + ep.query_item
+    idx = order[np.clip(np.searchsorted(keys[order], q), 0, len(keys) - 1)]
+    pred = scen.label.encode(oracle_prediction(ds.expected[idx]))
+    out[s] = score(np.where(ep.query_mask, pred, 0.0).astype(np.float32), ep, c.ndcg_ks, scen.label)
+  return out
+
+
 def train_and_evaluate(
   config: Config, workdir: str, *, resume: bool = False, exit_at_step: int | None = None
 ) -> FinalMetrics:
@@ -238,6 +258,7 @@ def train_and_evaluate(
       "n_test_tasks": {s: len(scen.test[s]) for s in SCENARIOS},
       "n_new_items": int(scen.split.new_item.sum()),
       **({"protocol": ds.protocol_report} if ds.protocol_report else {}),
+      **({"oracle": oracle} if (oracle := oracle_metrics(st)) else {}),
     },
     "learner": config.learner,
     "base": base_info,

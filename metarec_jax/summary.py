@@ -65,6 +65,12 @@ def summary_table(final: dict, workdir: str, files: tuple[str, ...] = ()) -> str
         parts.append(f"{v:.4f}{mark}" if _finite(v) else "   -   ")
       row += " / ".join(parts).ljust(cell)
     lines.append(row.rstrip())
+  oracle = final["dataset"].get("oracle")
+  if oracle:  # synthetic data: what the generator's true model scores
+    row = "(true model)".ljust(width)
+    for s in scenarios:
+      row += " / ".join(f"{oracle[s][k]:.4f} " if _finite(oracle[s].get(k)) else "   -   " for k, _ in cols).ljust(cell)
+    lines.append(row.rstrip() + "   <- the generator's noiseless ratings: the floor of any model")
   lines.append("")
   lines.append("wrote " + ", ".join(os.path.join(workdir, f) for f in files))
   return "\n".join(lines)

@@ -43,6 +43,8 @@ def run_binary(module: str, *args: str, timeout: int = 600, env_extra: dict | No
 # A tiny synthetic run with checkpoints, shared by the checkpoint and recommendation tests.
 TINY_RUN = [
   "--dataset=synthetic",
+  "--model=content",  # not the synthetic data's defaults (cf stacked on ALS): the content model
+  "--base=",
   "--synthetic_users=100",
   "--synthetic_items=120",
   "--epochs=3",

@@ -194,3 +194,19 @@ def test_validation_new_items_never_reach_training_on_real_data(name, shared_dat
 
   ds = load_dataset(name, data_dir=shared_data_dir)
   _leak_check(ds, build_scenarios(ds, TaskConfig(), seed=0))
+
+
+def test_validation_new_items_from_a_csv_with_timestamps(ds, tmp_path):
+  """CSV data: items are new by their first rating, and so are the validation new items."""
+  from metarec_jax.data.csv_data import load_csv
+
+  path = tmp_path / "ratings.csv"
+  rows = [f"u{u},i{i},{int(r)},{t}" for u, i, r, t in zip(ds.users, ds.items, ds.ratings, ds.timestamps)]
+  path.write_text("user,item,rating,timestamp\n" + "\n".join(rows) + "\n")
+  csv = load_csv(str(path))
+  scen = build_scenarios(csv, dataclasses.replace(TaskConfig(), val_item_frac=0.2), seed=0)
+  _leak_check(csv, scen)
+  first = np.full(csv.n_items, np.inf)
+  np.minimum.at(first, csv.items, csv.timestamps.astype(float))
+  held = scen.split.val_new_item
+  assert first[held].min() >= first[~held & ~scen.split.new_item].max()

@@ -12,6 +12,8 @@ pytestmark = pytest.mark.slow  # end-to-end runs (binaries or train_and_evaluate
 
 TINY = [
   "--dataset=synthetic",
+  "--model=content",
+  "--base=",
   "--synthetic_users=120",
   "--synthetic_items=150",
   "--epochs=2",

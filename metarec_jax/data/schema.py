@@ -71,6 +71,8 @@ class Dataset:
   # A benchmark's own episodes: {"train" | "val" | <scenario>: [(user, support_items,
   # support_labels, query_items, query_labels), ...]}; used as they are (data/tasks.py).
   fixed_episodes: dict | None = None
+  # [R] the generator's noiseless rating of each pair (synthetic data only): the oracle's input.
+  expected: np.ndarray | None = None
 
   @property
   def n_users(self) -> int:

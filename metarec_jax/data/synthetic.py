@@ -79,7 +79,8 @@ def generate(
   items = np.concatenate(items_out).astype(np.int32)
 
   inter = np.einsum("nd,nd->n", z[users], v[items]) / np.sqrt(d)
-  raw = 3.6 + b_user[users] + b_item[items] + interaction_scale * inter + noise_std * rng.standard_normal(len(users))
+  mean = 3.6 + b_user[users] + b_item[items] + interaction_scale * inter
+  raw = mean + noise_std * rng.standard_normal(len(users))
   ratings = np.clip(np.round(raw), 1, 5).astype(np.float32)
   join = rng.uniform(8.7e8, 8.9e8, n_users)
   stamps = (join[users] + rng.exponential(3e5, len(users))).astype(np.int64)
@@ -112,9 +113,16 @@ def generate(
     features=features,
     item_release=release,
     item_titles=[f"Synthetic item {i + 1}" for i in range(n_items)],
+    expected=mean.astype(np.float32),
   )
   ds.validate()
   return ds
+
+
+def oracle_prediction(expected: np.ndarray) -> np.ndarray:
+  """What knowing the latents allows: the median of the rating given them, clip(round(mean))
+  (the noise is symmetric, so rounding the mean is its median): the MAE floor of any model."""
+  return np.clip(np.round(expected), 1, 5)
 
 
 def _year_to_unix(year: float) -> float:

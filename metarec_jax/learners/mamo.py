@@ -7,7 +7,8 @@ two memories read with the user's profile.
 - Feature-specific memory M_W [K, |head|]: the personalised start of the decision layers is
   theta_u = theta - tau * a_u^T M_W.
 - Task-specific memory M_UI [K, dp, dq]: the user's preference matrix W_u = a_u^T M_UI adds
-  p_u^T W_u q_i to the network's score (q_i: the item's field embeddings).
+  p_u^T W_u q_i to the network's score (p_u, q_i as unit vectors; q_i: the item's field
+  embeddings; unnormalised, the bilinear term's inner steps diverged on ML-1M).
 - Local update: `inner_steps` SGD steps of theta_u's decision layers and W_u on the support;
   global update: the query loss after them, differentiated through the inner loop (second order
   unless `first_order`), into theta, the memories and the embeddings.
@@ -56,6 +57,9 @@ def make_mamo(
     parts = [embed_field(t[param_name(s)], s, x[s.name])[..., :D] for s in specs]
     return jnp.concatenate(parts, axis=-1) if parts else jnp.ones(x["item"].shape + (1,))
 
+  def unit(v):  # the preference term reads directions: its inner-loop gradient stays bounded
+    return v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + 1e-6)
+
   def split(mp):
     flat = traverse_util.flatten_dict(mp)
     mask = traverse_util.flatten_dict(adapt_mask(mp, "head", getattr(model, "head_scopes", None)))
@@ -90,8 +94,8 @@ def make_mamo(
   def scores(meta, fast, p, x):
     flat, _ = split(meta["model"])
     params = traverse_util.unflatten_dict({**flat, **fast["head"]})
-    q = embed(meta["model"], x, item_specs)
-    return model.apply(params, x) + q @ (p @ fast["W"])
+    q = unit(embed(meta["model"], x, item_specs))
+    return model.apply(params, x) + q @ (unit(p) @ fast["W"])
 
   def adapt(meta, support: Batch):
     p, fast = personalise(meta, support)
