@@ -43,6 +43,7 @@ def jax_epoch(o) -> dict:
   import jax
   import optax
 
+  from metarec_jax import runtime
   from metarec_jax.data.buckets import make_bucket_order, split_by_length
   from metarec_jax.training.state import create_train_state
   from metarec_jax.training.step import make_epoch_order, make_train_step
@@ -70,7 +71,9 @@ def jax_epoch(o) -> dict:
 
   for name, (data, counts) in variants.items():
     traces = []
-    step = make_train_step(learner, task_chunk=c.task_chunk, on_trace=lambda traces=traces: traces.append(1))
+    step = make_train_step(
+      learner, task_chunk=runtime.task_chunk(c.task_chunk, B), on_trace=lambda traces=traces: traces.append(1)
+    )
     if counts is None:
       _, order = make_epoch_order(n, B)(jax.random.key(3))
       schedule, datas = np.zeros(order.shape[0], int), [data]

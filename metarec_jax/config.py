@@ -150,12 +150,14 @@ class Config:
   )
   devices: int = opt(1, "Devices the task axis of each meta-batch is sharded over (0: all visible).")
   task_chunk: int = opt(
-    0,
+    -1,
     "Vmap over chunks of this many tasks inside the step (0: the whole meta-batch at once; "
-    "4 is faster on CPU, 0 on GPU). Same update either way.",
+    "-1: the device's fastest, 4 on CPU and 0 on accelerators). Same update either way.",
   )
   length_buckets: int = opt(
-    0, "Sort the training tasks into at most this many support lengths, each padded to its own (0, 1: one)."
+    -1,
+    "Sort the training tasks into at most this many support lengths, each padded to its own (0, 1: "
+    "one; -1: 4 with at least 2,000 training tasks, else one).",
   )
   checkpoints: bool = opt(True, "Save orbax checkpoints of each fit under <workdir>/checkpoints/<learner>.")
   checkpoint_every: int = opt(
@@ -199,8 +201,11 @@ class Config:
       (0 <= self.id_dropout < 1, f"id_dropout must be in [0, 1), got {self.id_dropout}"),
       (self.eval_chunk > 0, f"eval_chunk must be > 0, got {self.eval_chunk}"),
       (self.devices >= 0, f"devices must be >= 0 (0: all), got {self.devices}"),
-      (self.task_chunk >= 0, f"task_chunk must be >= 0, got {self.task_chunk}"),
-      (self.length_buckets >= 0, f"length_buckets must be >= 0, got {self.length_buckets}"),
+      (self.task_chunk >= -1, f"task_chunk must be >= 0 (or -1: the device's default), got {self.task_chunk}"),
+      (
+        self.length_buckets >= -1,
+        f"length_buckets must be >= 0 (or -1: by the data's size), got {self.length_buckets}",
+      ),
       (
         self.base in ("",) + learners.FOLDIN,
         f"base must be one of {', '.join(learners.FOLDIN)} (or empty: none), got {self.base!r}",
@@ -233,7 +238,7 @@ class Config:
         f"nDCG cut-offs {self.ndcg_ks} must not exceed the query size {self.query_size}",
       ),
       (
-        not self.task_chunk or self.meta_batch_size % self.task_chunk == 0,
+        self.task_chunk <= 0 or self.meta_batch_size % self.task_chunk == 0,
         f"meta_batch_size={self.meta_batch_size} does not divide into task chunks of {self.task_chunk}",
       ),
     ]

@@ -53,13 +53,34 @@ def predict_episodes(
   return np.asarray(jnp.concatenate(outs))[:T]
 
 
+_SCORE_FNS: dict = {}
+
+
+def _padded_rows(n: int) -> int:
+  """The task count a split is scored at: the next power of two (at least 64), so a run's
+  splits share a few compiled metric functions."""
+  return max(64, 1 << (n - 1).bit_length())
+
+
 def score(pred: np.ndarray, episodes: Episodes, ks=(1, 3, 5), label: LabelSpec | None = None) -> dict[str, float]:
   """Query metrics of [task, Q] label-space predictions (labels.LabelSpec.score; default:
-  ratings on the 1-5 scale, errors of predictions clipped to it)."""
+  ratings on the 1-5 scale, errors of predictions clipped to it).
+
+  Jitted once per (label, ks) and padded task count: the padding tasks have empty queries,
+  which every metric leaves out (a task without a valid query entry does not count)."""
   if len(episodes) == 0:
     return {"n_tasks": 0}
   label = label or LabelSpec()
-  m = label.score(jnp.asarray(pred), jnp.asarray(episodes.query_rating), jnp.asarray(episodes.query_mask), ks=ks)
+  key = (label, tuple(ks))
+  if key not in _SCORE_FNS:
+    _SCORE_FNS[key] = jax.jit(lambda p, y, m: label.score(p, y, m, ks=key[1]))
+  T = len(episodes)
+  rows = ((0, _padded_rows(T) - T), (0, 0))
+  m = _SCORE_FNS[key](
+    np.pad(np.asarray(pred, np.float32), rows),
+    np.pad(np.asarray(episodes.query_rating, np.float32), rows),
+    np.pad(np.asarray(episodes.query_mask, bool), rows),
+  )
   out = {k: float(v) for k, v in m.items()}
   out["n_tasks"] = len(episodes)
   return out
@@ -69,9 +90,20 @@ class Evaluator:
   """Scores learners on a run's splits. Each split (and each few-shot cap of one) goes to
   the device once per run; each learner's predict function is built once."""
 
-  def __init__(self, tables: dict, *, chunk: int, ks=(1, 3, 5), label: LabelSpec | None = None, buckets: int = 0):
+  def __init__(
+    self,
+    tables: dict,
+    *,
+    chunk: int,
+    ks=(1, 3, 5),
+    label: LabelSpec | None = None,
+    buckets: int = 0,
+    bucket_sizes: tuple[int, ...] | None = None,
+  ):
     self.tables, self.chunk, self.ks, self.label = tables, chunk, tuple(ks), label
-    self.buckets = buckets  # --length_buckets: each split's tasks by support length (data/buckets.py)
+    # --length_buckets: each split's tasks by support length (data/buckets.py), at the training
+    # buckets' sizes when given (every split then reuses the same few compiled shapes)
+    self.buckets, self.bucket_sizes = buckets, bucket_sizes
     self._arrays: dict = {}
     self._fns: dict = {}
 
@@ -87,7 +119,7 @@ class Evaluator:
       if key not in self._arrays:
         from metarec_jax.data.buckets import split_by_length
 
-        b = split_by_length(episodes, self.buckets)
+        b = split_by_length(episodes, self.buckets, self.bucket_sizes)
         self._arrays[key] = [(m, e, device_episodes(e, self.chunk)) for m, e in zip(b.members, b.episodes)]
       out = np.zeros(episodes.query_item.shape, np.float32)
       for idx, part, arrays in self._arrays[key]:

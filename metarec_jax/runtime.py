@@ -57,6 +57,21 @@ def task_mesh(n_devices: int) -> Mesh | None:
   return Mesh(np.asarray(available[:n]), (TASK_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
+CPU_TASK_CHUNK = 4  # measured fastest on CPU (docs/results.md, Performance); one vmap elsewhere
+
+
+def task_chunk(requested: int, meta_batch_size: int, mesh: Mesh | None = None) -> int:
+  """--task_chunk, with -1 resolved for the device: CPU_TASK_CHUNK on one CPU device when it
+  divides the meta-batch, else 0 (the whole meta-batch, or each device's share, in one vmap:
+  sharded over host devices, chunks measured slower)."""
+  if requested >= 0:
+    return requested
+  c = CPU_TASK_CHUNK
+  if jax.default_backend() == "cpu" and mesh is None and meta_batch_size % c == 0 and c < meta_batch_size:
+    return c
+  return 0
+
+
 def check_divisible(meta_batch_size: int, mesh: Mesh | None) -> None:
   if mesh is not None and meta_batch_size % mesh.size:
     raise ValueError(

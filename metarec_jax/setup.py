@@ -197,15 +197,23 @@ def build_setup(config: Config) -> Setup:
   model = model_of(config, fields, 0.0 if config.base else label.output_bias(float(scen.train_ratings[2].mean())))
   ctx = FitContext.of(model, fields, ds.n_items, scen.train_ratings, tables=tables, binary_labels=label.binary)
   data = device_data(scen.train, tables)
-  if config.length_buckets > 1:  # the training tasks by support length (data/buckets.py)
-    from metarec_jax.data.buckets import split_by_length
+  sizes = None
+  from metarec_jax.data.buckets import n_buckets, split_by_length
 
-    buckets = split_by_length(scen.train, config.length_buckets)
+  k = n_buckets(config.length_buckets, len(scen.train))
+  if k > 1:  # the training tasks by support length (data/buckets.py)
+    buckets = split_by_length(scen.train, k)
     data["buckets"] = [{k: jax.numpy.asarray(v) for k, v in e.arrays().items()} for e in buckets.episodes]
-    logging.info("length buckets: support sizes %s, tasks %s", buckets.sizes, [len(m) for m in buckets.members])
+    sizes = buckets.sizes
+    logging.info("length buckets: support sizes %s, tasks %s", sizes, [len(m) for m in buckets.members])
   example = featurize_episodes(data["tables"], jax.tree.map(lambda a: a[:1], data["episodes"]))
   evaluator = Evaluator(
-    data["tables"], chunk=config.eval_chunk, ks=config.ndcg_ks, label=label, buckets=config.length_buckets
+    data["tables"],
+    chunk=config.eval_chunk,
+    ks=config.ndcg_ks,
+    label=label,
+    buckets=k,
+    bucket_sizes=sizes,
   )
   return Setup(
     config=config,

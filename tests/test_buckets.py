@@ -104,3 +104,17 @@ def test_training_compiles_once_per_bucket(setup, monkeypatch):
     select="mae",
   )
   assert len(traces) == len(setup.data["buckets"]) >= 2  # no recompiles after the first epoch
+
+
+def test_the_device_defaults_resolve_by_data_size_and_backend():
+  from metarec_jax import runtime
+  from metarec_jax.data.buckets import n_buckets
+
+  assert (n_buckets(-1, 1999), n_buckets(-1, 2000), n_buckets(3, 10), n_buckets(0, 10**5)) == (0, 4, 3, 0)
+  assert jax.default_backend() == "cpu"
+  assert runtime.task_chunk(-1, 32) == 4  # CPU: chunks of 4
+  assert runtime.task_chunk(-1, 6) == 0  # 4 does not divide the meta-batch: one vmap
+  assert runtime.task_chunk(-1, 4) == 0  # a single chunk is the whole meta-batch
+  assert (runtime.task_chunk(0, 32), runtime.task_chunk(8, 32)) == (0, 8)
+  mesh = runtime.task_mesh(2)  # sharded over host devices: each device's share in one vmap
+  assert runtime.task_chunk(-1, 32, mesh) == 0 and runtime.task_chunk(4, 32, mesh) == 4

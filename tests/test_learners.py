@@ -148,6 +148,32 @@ def test_content_ridge_in_the_dual_equals_the_primal_ridge(setup):
       )
 
 
+def test_batched_als_equals_the_per_key_loop():
+  """fit_als solves keys in blocks of similar counts; a plain loop over users, then items, gives
+  the same factors (keys without ratings keep their random start)."""
+  from metarec_jax.learners.foldin import fit_als
+
+  rng = np.random.default_rng(0)
+  n_users, n_items, rank, reg = 150, 90, 5, 3.0
+  u = rng.integers(0, n_users - 10, 2000)  # the last 10 users rate nothing
+  i = (rng.zipf(1.6, 2000) - 1) % (n_items - 5)  # skewed counts; the last 5 items unrated
+  resid = rng.standard_normal(2000)
+  P, Q = fit_als(resid, u, i, n_users, n_items, rank, reg, 4, seed=7)
+  r2 = np.random.default_rng(7)
+  P0, Q0 = 0.1 * r2.standard_normal((n_users, rank)), 0.1 * r2.standard_normal((n_items, rank))
+  for _ in range(4):
+    for k in range(n_users):
+      m = u == k
+      if m.any():
+        P0[k] = np.linalg.solve(Q0[i[m]].T @ Q0[i[m]] + reg * np.eye(rank), Q0[i[m]].T @ resid[m])
+    for k in range(n_items):
+      m = i == k
+      if m.any():
+        Q0[k] = np.linalg.solve(P0[u[m]].T @ P0[u[m]] + reg * np.eye(rank), P0[u[m]].T @ resid[m])
+  np.testing.assert_allclose(P, P0, rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(Q, Q0, rtol=1e-9, atol=1e-12)
+
+
 def test_popularity_counts_positives_for_binary_labels_and_ratings_otherwise(setup):
   _, _, _, ctx, _ = setup
   items = np.array([0, 0, 1, 2, 2, 2])

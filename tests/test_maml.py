@@ -146,3 +146,70 @@ def test_train_step_compiles_once_and_reduces_loss(setup):
 def test_unknown_learner_lists_choices():
   with pytest.raises(ValueError, match=r"Unsupported learner: 'nope'; choose one of .*maml, fomaml"):
     create_learner("nope")
+
+
+@pytest.mark.parametrize(
+  "name,opts",
+  fast_first(
+    [
+      ("maml", dict(objective="maml", inner_lr=0.3, inner_steps=3)),  # the first layer on its pre-activations
+      ("last", dict(objective="maml", inner_lr=0.3, inner_steps=2, adapt="last")),  # encoded once, whole steps
+      ("metasgd", dict(objective="maml", inner_lr=0.2, inner_steps=2, learn_inner_lr=True)),
+      ("finetune", dict(objective="pooled", inner_lr=0.2, inner_steps=4, traced_steps=True)),
+    ]
+  ),
+)
+@pytest.mark.parametrize("linear", [False, True])
+def test_encoding_once_gives_the_whole_models_adaptation_and_meta_gradient(name, opts, linear):
+  """`encode_once` (the default) against the model applied whole at every inner step: the same
+  adapted parameters, predictions and second-order meta-gradient (float64: a float32 run can
+  cross a ReLU's kink differently in a few tasks)."""
+  from metarec_jax.learners.maml import make_gradient_learner, with_adapt_options
+
+  _, scen, model, ctx, tables = tiny_setup(hidden=(8, 6), linear=linear)
+  assert model.splits_at_embeddings
+  with jax.enable_x64(True):
+    ep = to_f64(episode_batch(tables, scen.train, 4))
+    fast, whole = (make_gradient_learner(model, name=name, encode_once=e, **opts) for e in (True, False))
+    params = to_f64(whole.init(jax.random.key(0), ep, ctx))
+    if opts.get("traced_steps"):
+      params = to_f64(with_adapt_options(params, {"inner_lr": 0.2, "inner_steps": 4}))
+    adapted = [jax.jit(jax.vmap(lr.adapt, in_axes=(None, 0)))(params, ep.support) for lr in (fast, whole)]
+    chex.assert_trees_all_close(adapted[0], adapted[1], rtol=1e-9, atol=1e-12)
+    preds = [jax.vmap(lr.predict, in_axes=(None, 0, 0))(params, a, ep.query.x) for lr, a in zip((fast, whole), adapted)]
+    np.testing.assert_allclose(preds[0], preds[1], rtol=1e-9)
+    a = jax.tree.map(lambda v: v[0], adapted[0])
+    if opts["objective"] == "maml":
+      g_fast, g_whole = (
+        jax.jit(jax.grad(lambda p, lr=lr: lr.meta_loss(p, ep, None)[0]))(params) for lr in (fast, whole)
+      )
+      chex.assert_trees_all_close(g_fast, g_whole, rtol=1e-8, atol=1e-12)
+    start = traverse_util.flatten_dict(params["model"])
+    moved = {p: float(jnp.abs(v - start[p]).max()) for p, v in a["fast"].items()}
+    assert min(moved.values()) > 1e-6, moved  # every adapted layer moved: the check is not vacuous
+
+
+def test_the_first_layers_steps_on_pre_activations_are_sgd_on_its_weights():
+  """_gram_adapt's W - H^T A equals plain SGD on (W, b) and the rest, step by step."""
+  from metarec_jax.learners.maml import _gram_adapt
+
+  _, scen, model, ctx, tables = tiny_setup(hidden=(8,))
+  with jax.enable_x64(True):
+    ep = to_f64(episode_batch(tables, scen.train, 2))
+    variables = to_f64(model.init(jax.random.key(1), task(ep, 0).support.x))
+    s = task(ep, 1).support
+    flat = traverse_util.flatten_dict(variables)
+    fast = {p: v for p, v in flat.items() if "embed" not in p}
+    ours = _gram_adapt(model, variables, flat, fast, s, 0.4, 3, masked_mse)
+    p = variables
+    for _ in range(3):
+      g = jax.grad(lambda q: masked_mse(model.apply(q, s.x), s.y, s.mask))(p)
+      g = traverse_util.flatten_dict(g)
+      p = traverse_util.unflatten_dict(
+        {k: v - 0.4 * g[k] if "embed" not in k else v for k, v in traverse_util.flatten_dict(p).items()}
+      )
+    ref = {k: v for k, v in traverse_util.flatten_dict(p).items() if "embed" not in k}
+    assert set(ours) == set(ref)
+    for k in ref:
+      np.testing.assert_allclose(ours[k], ref[k], rtol=1e-9, atol=1e-12)
+    assert float(jnp.abs(ours[("params", "hidden_0", "kernel")] - fast[("params", "hidden_0", "kernel")]).max()) > 1e-4

@@ -21,6 +21,16 @@ from metarec_jax import runtime
 from metarec_jax.data.tasks import Episodes
 
 MULTIPLE = 8
+# --length_buckets=-1: buckets pay one compile each, which a short epoch does not earn back
+# (ML-1M's 7,540 tasks: 1.1x per epoch; the synthetic and ml-100k runs have < 1,000).
+AUTO_BUCKETS, AUTO_MIN_TASKS = 4, 2000
+
+
+def n_buckets(requested: int, n_tasks: int) -> int:
+  """--length_buckets with -1 resolved for a training split of `n_tasks` tasks."""
+  if requested >= 0:
+    return requested
+  return AUTO_BUCKETS if n_tasks >= AUTO_MIN_TASKS else 0
 
 
 def bucket_sizes(lengths: np.ndarray, k: int, width: int) -> tuple[int, ...]:
@@ -54,13 +64,19 @@ def pack_support(episodes: Episodes) -> Episodes:
   return dataclasses.replace(episodes, **fields)
 
 
-def split_by_length(episodes: Episodes, k: int) -> Buckets:
+def split_by_length(episodes: Episodes, k: int, sizes: tuple[int, ...] | None = None) -> Buckets:
   """The episodes in at most k length buckets (empty buckets dropped), each task's support packed
-  to the front first (`pack_support`: a capped support may have gaps)."""
+  to the front first (`pack_support`: a capped support may have gaps). `sizes` (e.g. the
+  training buckets') fixes the sizes instead of the episodes' own quantiles, those below the
+  episodes' width and the width itself: splits cut alike share their compiled functions."""
   episodes = pack_support(episodes)
   mask = episodes.support_mask
   lengths = mask.sum(1)
-  sizes = bucket_sizes(lengths, k, mask.shape[1])
+  width = mask.shape[1]
+  if sizes is None:
+    sizes = bucket_sizes(lengths, k, width)
+  else:
+    sizes = tuple(sorted({s for s in sizes if s < width} | {width}))
   which = np.searchsorted(np.asarray(sizes), lengths, side="left")
   members, out, kept = [], [], []
   for b, size in enumerate(sizes):

@@ -69,8 +69,12 @@ def content_ridge_predict(
   G = ctx.memo.get(key)
   if G is None:
     G = ctx.memo[key] = X @ X[known].T
-  K = G[known]
-  return G @ np.linalg.solve(K + reg * np.eye(K.shape[0]), Y)
+  inv_key = ("item_gram_inverse", known.tobytes(), float(reg))  # one factorisation per shrinkage
+  K_inv = ctx.memo.get(inv_key)
+  if K_inv is None:
+    K = G[known]
+    K_inv = ctx.memo[inv_key] = np.linalg.inv(K + reg * np.eye(K.shape[0]))
+  return G @ (K_inv @ Y)
 
 
 def fit_biases(ctx: FitContext, reg_user: float, reg_item: float, iters: int = 15):
@@ -85,27 +89,45 @@ def fit_biases(ctx: FitContext, reg_user: float, reg_item: float, iters: int = 1
   return mu, bu, bi, ci > 0
 
 
-def _groups(keys: np.ndarray, n: int):
+def _blocks(keys: np.ndarray, n: int, size: int = 64):
+  """The rows of each key (0..n-1) in blocks of `size` keys of similar counts, padded to the
+  block's largest: [(keys [b], row indices [b, L], valid [b, L])] (keys without rows left out)."""
   order = np.argsort(keys, kind="stable")
-  bounds = np.searchsorted(keys[order], np.arange(n + 1))
-  return [order[bounds[k] : bounds[k + 1]] for k in range(n)]
+  counts = np.bincount(keys, minlength=n)
+  starts = np.concatenate([[0], np.cumsum(counts)])
+  ents = np.argsort(counts, kind="stable")
+  ents = ents[counts[ents] > 0]
+  out = []
+  for s in range(0, len(ents), size):
+    e = ents[s : s + size]
+    L = int(counts[e].max())
+    valid = np.arange(L)[None, :] < counts[e][:, None]
+    pos = np.where(valid, starts[e][:, None] + np.arange(L)[None, :], 0)
+    out.append((e, order[pos], valid))
+  return out
+
+
+def _als_half(blocks, other: np.ndarray, other_idx: np.ndarray, resid: np.ndarray, out: np.ndarray, eye):
+  """Each key's ridge solve on its rows' factors of the other side, a block of keys at once."""
+  for e, idx, valid in blocks:
+    F = other[other_idx[idx]] * valid[..., None]  # [b, L, k]
+    A = np.matmul(F.transpose(0, 2, 1), F) + eye
+    y = np.matmul(F.transpose(0, 2, 1), (resid[idx] * valid)[..., None])
+    out[e] = np.linalg.solve(A, y)[..., 0]
 
 
 def fit_als(resid, u, i, n_users, n_items, rank, reg, iters, seed):
+  """ALS on the residuals: alternately every user's and every item's ridge solve (batched in
+  blocks of similar counts; keys without ratings keep their random start)."""
   rng = np.random.default_rng(seed)
   P = 0.1 * rng.standard_normal((n_users, rank))
   Q = 0.1 * rng.standard_normal((n_items, rank))
-  by_user, by_item = _groups(u, n_users), _groups(i, n_items)
+  by_user, by_item = _blocks(u, n_users), _blocks(i, n_items)
   eye = reg * np.eye(rank)
+  resid = np.asarray(resid, np.float64)
   for _ in range(iters):
-    for k, idx in enumerate(by_user):
-      if len(idx):
-        Qk = Q[i[idx]]
-        P[k] = np.linalg.solve(Qk.T @ Qk + eye, Qk.T @ resid[idx])
-    for k, idx in enumerate(by_item):
-      if len(idx):
-        Pk = P[u[idx]]
-        Q[k] = np.linalg.solve(Pk.T @ Pk + eye, Pk.T @ resid[idx])
+    _als_half(by_user, Q, i, resid, P, eye)
+    _als_half(by_item, P, u, resid, Q, eye)
   return P, Q
 
 

@@ -28,7 +28,7 @@ from flax import traverse_util
 from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, loss_and_link
 from metarec_jax.learners.maml import adapt_mask, copy_network
 from metarec_jax.learners.registry import LearnerSpec, register
-from metarec_jax.models.content import EMBED_SCOPE, embed_field, param_name
+from metarec_jax.models.content import field_embeddings
 
 SLOTS = 3  # memory slots K
 TAU = 0.1  # scale of the feature-specific memory's bias
@@ -51,11 +51,7 @@ def make_mamo(
   item_specs = [s for s in model.fields if s.name.startswith("item/")]
 
   def embed(mp, x, specs):
-    if EMBED_SCOPE not in mp["params"]:
-      raise ValueError("mamo reads the content model's embedding tables (--model=content)")
-    t = mp["params"][EMBED_SCOPE]
-    parts = [embed_field(t[param_name(s)], s, x[s.name])[..., :D] for s in specs]
-    return jnp.concatenate(parts, axis=-1) if parts else jnp.ones(x["item"].shape + (1,))
+    return field_embeddings(mp, specs, x, D, x["item"].shape, empty=1.0)
 
   def unit(v):  # the preference term reads directions: its inner-loop gradient stays bounded
     return v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + 1e-6)

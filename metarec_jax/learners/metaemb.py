@@ -35,7 +35,7 @@ from metarec_jax.data.features import ITEM_ID_FIELD, featurize, leave_own_out
 from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, loss_and_link
 from metarec_jax.learners.maml import copy_network
 from metarec_jax.learners.registry import LearnerSpec, register
-from metarec_jax.models.content import EMBED_SCOPE, embed_field, param_name
+from metarec_jax.models.content import EMBED_SCOPE, field_embeddings, param_name
 
 K = 10  # ratings in each of an item task's two batches
 ALPHA = 0.1
@@ -95,9 +95,7 @@ def make_metaemb(model, *, inner_lr: float = 0.1, loss: str = "mse", seed: int =
 
   def content(mp, x):
     """The item's content embeddings [..., F] (frozen base tables)."""
-    t = tables_of(mp)
-    parts = [embed_field(t[param_name(s)], s, x[s.name])[..., : model.embed_dim] for s in content_specs]
-    return jnp.concatenate(parts, axis=-1) if parts else jnp.zeros(x[ITEM_ID_FIELD].shape + (1,))
+    return field_embeddings(mp, content_specs, x, model.embed_dim, x[ITEM_ID_FIELD].shape)
 
   def apply_with_rows(mp, x, rows, use):
     """The base network, with pair j's item-id row replaced by rows[j] where use[j]."""

@@ -48,6 +48,20 @@ def embed_field(table: jnp.ndarray, spec: FieldSpec, ids: jnp.ndarray) -> jnp.nd
   return rows.sum(-2) / jnp.maximum(valid.sum(-1, keepdims=True), 1)
 
 
+def field_embeddings(params, specs: Sequence[FieldSpec], x, dim: int, shape, empty: float = 0.0) -> jnp.ndarray:
+  """A content model's field embeddings for `specs`, each cut to `dim`, concatenated [..., F].
+
+  `params` are the model's variables ({"params": {"embed": ...}}); with no specs the result is
+  one column of `empty`, of batch shape `shape`. A model without embedding tables (the cf
+  model) is a clear error.
+  """
+  if EMBED_SCOPE not in params.get("params", {}):
+    raise ValueError("this learner reads the content model's embedding tables (--model=content or hybrid)")
+  tables = params["params"][EMBED_SCOPE]
+  parts = [embed_field(tables[param_name(s)], s, x[s.name])[..., :dim] for s in specs]
+  return jnp.concatenate(parts, axis=-1) if parts else jnp.full(tuple(shape) + (1,), empty)
+
+
 def _table_init(linear: bool):
   normal = nn.initializers.normal(stddev=0.1)
 
@@ -99,10 +113,26 @@ class ContentModel(nn.Module):
   output_bias: float = 0.0
   linear: bool = False
 
+  # The embeddings are the only parameters before the decision layers: a learner that adapts
+  # the decision layers only may encode a task once (stage="encode") and run its inner steps
+  # on the encoding (stage="decode"), or on the first layer's pre-activations (stage="hidden",
+  # see maml.py), which equals the full apply.
+  splits_at_embeddings = True
+
   @nn.compact
-  def __call__(self, x: dict[str, jnp.ndarray]) -> jnp.ndarray:
-    h, bias = Embeddings(self.fields, self.embed_dim, self.linear, name=EMBED_SCOPE)(x)
-    for i, width in enumerate(self.hidden):
+  def __call__(self, x, stage: str = "full"):
+    """stage "full": x -> [N]; "encode": x -> (h, bias), the embeddings; "decode": (h, bias)
+    -> [N]; "hidden": (z, bias) -> [N], z the first decision layer's output before its ReLU."""
+    start = 0
+    if stage in ("decode", "hidden"):
+      h, bias = x
+      if stage == "hidden":
+        h, start = nn.relu(h), 1
+    else:
+      h, bias = Embeddings(self.fields, self.embed_dim, self.linear, name=EMBED_SCOPE)(x)
+      if stage == "encode":
+        return h, bias
+    for i, width in enumerate(self.hidden[start:], start):
       h = nn.relu(nn.Dense(width, name=f"hidden_{i}")(h))
     out = nn.Dense(1, name="out", bias_init=nn.initializers.constant(self.output_bias))(h)
     return out[..., 0] + bias

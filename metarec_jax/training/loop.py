@@ -103,7 +103,11 @@ def _fit(learner, params, data, config, *, n_tasks, val_score, select, log, ckpt
     mesh,
   )
   step_fn = make_train_step(
-    learner, id_dropout=config.id_dropout, redraw=config.redraw, mesh=mesh, task_chunk=config.task_chunk
+    learner,
+    id_dropout=config.id_dropout,
+    redraw=config.redraw,
+    mesh=mesh,
+    task_chunk=runtime.task_chunk(config.task_chunk, B, mesh),
   )
   if data.get("buckets"):  # --length_buckets: each meta-batch from one bucket, its own padding
     from metarec_jax.data.buckets import make_bucket_order
