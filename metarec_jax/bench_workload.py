@@ -33,6 +33,8 @@ def _setup(o):
   from metarec_jax.setup import build_setup
 
   over = {"dataset": o.dataset, "seed": o.seed, "length_buckets": o.length_buckets}
+  if getattr(o, "workload_inner_steps", 0):
+    over["inner_steps"] = o.workload_inner_steps
   if o.data_dir:
     over["data_dir"] = o.data_dir
   return build_setup(resolve("default", over))
@@ -107,6 +109,7 @@ def _jax_pinned(o, cores: int) -> dict:
     path = os.path.join(tmp, "one.json")
     args = [sys.executable, "-m", "experiments.benchmark", "--suite=workload_one", f"--dataset={o.dataset}"]
     args += [f"--seed={o.seed}", f"--length_buckets={o.length_buckets}", f"--workload_cores={cores}", f"--out={path}"]
+    args.append(f"--workload_inner_steps={getattr(o, 'workload_inner_steps', 0)}")
     if o.data_dir:
       args.append(f"--data_dir={o.data_dir}")
     done = subprocess.run(args, capture_output=True, text=True)
