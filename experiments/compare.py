@@ -23,6 +23,9 @@ flags.DEFINE_list("learners", list(learners.META_LEARNERS), "Learners to compare
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_bool("report", True, "Also write <out>/report.md with the tables, figures (<out>/figures) and commands.")
 flags.DEFINE_string("out", "runs/compare", "Output folder.")
+flags.DEFINE_integer(
+  "jobs", 1, "Runs at once, each in a worker process pinned to one core (1: one after another, in this process)."
+)
 FLAGS = flags.FLAGS
 # The few-shot curve's support sizes when --few_shot_ks is not given (a plain run draws none).
 FEW_SHOT_KS = (1, 3, 5, 10, 20)
@@ -46,6 +49,7 @@ def main(argv):
       FLAGS.out,
       write_report=FLAGS.report,
       command="python -m experiments.compare " + " ".join(sys.argv[1:]),
+      jobs=FLAGS.jobs,
     )
     print(md)
   except (DataError, ValueError, FloatingPointError) as e:

@@ -127,3 +127,29 @@ def test_compare_with_a_base_says_so_and_stacked_prototypes_use_residual_levels(
   # the raw 1-5 levels every residual would fall outside them and the stack would be far off.
   for s in ("warm", "user_cold"):
     assert res["prototype"][s]["mae"] < 1.1 * res["als_foldin"][s]["mae"], (s, res)
+
+
+def test_compare_jobs_runs_in_pinned_workers_with_the_same_results(tmp_path):
+  """--jobs=2: the runs go to two spawned worker processes (one core each): the same runs in the
+  same order, with the metrics of one after another in this process up to rounding (a worker
+  has one XLA thread; this short run does not amplify it). More jobs than cores: one error."""
+  from metarec_jax.compare import compare
+  from metarec_jax.config import resolve
+
+  base = resolve("smoke", {"model": "content", "base": "", "epochs": 1, "baselines": ("support_mean",)})
+  outs = {}
+  for jobs in (1, 2):
+    compare(base, ["fomaml"], [0, 1], str(tmp_path / f"j{jobs}"), write_report=False, jobs=jobs)
+    outs[jobs] = json.load(open(tmp_path / f"j{jobs}" / "results.json"))["runs"]
+  assert [(r["learner"], r["seed"]) for r in outs[2]] == [("fomaml", 0), ("fomaml", 1)]
+  for a, b in zip(outs[1], outs[2]):
+    for name in a["final"]["results"]:
+      for s in SCENARIOS:
+        assert b["final"]["results"][name][s]["mae"] == pytest.approx(a["final"]["results"][name][s]["mae"], abs=1e-3)
+  seed_gap = abs(
+    outs[2][0]["final"]["results"]["fomaml"]["user_cold"]["mae"]
+    - outs[2][1]["final"]["results"]["fomaml"]["user_cold"]["mae"]
+  )
+  assert seed_gap > 2e-3  # the seeds' runs differ by more than the tolerance: a swapped run would fail
+  with pytest.raises(ValueError, match=r"jobs=\d+ but this process may use \d+ core"):
+    compare(base, ["fomaml"], [0], str(tmp_path / "many"), write_report=False, jobs=len(os.sched_getaffinity(0)) + 1)
