@@ -62,8 +62,7 @@ CPU_TASK_CHUNK = 4  # measured fastest on CPU (docs/results.md, Performance); on
 
 def task_chunk(requested: int, meta_batch_size: int, mesh: Mesh | None = None) -> int:
   """--task_chunk, with -1 resolved for the device: CPU_TASK_CHUNK on one CPU device when it
-  divides the meta-batch, else 0 (the whole meta-batch, or each device's share, in one vmap:
-  sharded over host devices, chunks measured slower)."""
+  divides the meta-batch, else 0 (the whole meta-batch, or each device's share, in one vmap)."""
   if requested >= 0:
     return requested
   c = CPU_TASK_CHUNK

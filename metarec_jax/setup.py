@@ -13,6 +13,7 @@ from absl import logging
 
 from metarec_jax.config import Config
 from metarec_jax.data import load_dataset
+from metarec_jax.data.buckets import n_buckets, split_by_length
 from metarec_jax.data.episodes import device_data, featurize_episodes
 from metarec_jax.data.features import add_cooccurrence, feature_tables
 from metarec_jax.data.tasks import build_scenarios
@@ -198,12 +199,10 @@ def build_setup(config: Config) -> Setup:
   ctx = FitContext.of(model, fields, ds.n_items, scen.train_ratings, tables=tables, binary_labels=label.binary)
   data = device_data(scen.train, tables)
   sizes = None
-  from metarec_jax.data.buckets import n_buckets, split_by_length
-
-  k = n_buckets(config.length_buckets, len(scen.train))
-  if k > 1:  # the training tasks by support length (data/buckets.py)
-    buckets = split_by_length(scen.train, k)
-    data["buckets"] = [{k: jax.numpy.asarray(v) for k, v in e.arrays().items()} for e in buckets.episodes]
+  n_bucket = n_buckets(config.length_buckets, len(scen.train))
+  if n_bucket > 1:  # the training tasks by support length (data/buckets.py)
+    buckets = split_by_length(scen.train, n_bucket)
+    data["buckets"] = [{f: jax.numpy.asarray(v) for f, v in e.arrays().items()} for e in buckets.episodes]
     sizes = buckets.sizes
     logging.info("length buckets: support sizes %s, tasks %s", sizes, [len(m) for m in buckets.members])
   example = featurize_episodes(data["tables"], jax.tree.map(lambda a: a[:1], data["episodes"]))
@@ -212,7 +211,7 @@ def build_setup(config: Config) -> Setup:
     chunk=config.eval_chunk,
     ks=config.ndcg_ks,
     label=label,
-    buckets=k,
+    buckets=n_bucket,
     bucket_sizes=sizes,
   )
   return Setup(
