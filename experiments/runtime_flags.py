@@ -1,5 +1,5 @@
-"""Flags every binary shares: the persistent compilation cache and multi-host start-up (the
-device count is the Config field --devices).
+"""Flags every binary shares: the persistent compilation cache, the CPU device count and
+multi-host start-up (the devices a meta-batch is sharded over are the Config field --devices).
 
 Multi-host: start the same command on every host with `--distributed`, and either
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` or a cluster environment JAX
@@ -35,12 +35,20 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("num_processes", None, "--distributed: how many processes take part.", module_name="runtime flags")
 flags.DEFINE_integer("process_id", None, "--distributed: this process's index, 0 .. N-1.", module_name="runtime flags")
+flags.DEFINE_integer(
+  "cpu_devices",
+  -1,
+  "CPU devices to make (-1: one per usable core, at most 2, unless XLA_FLAGS sets a count; a "
+  "run's baselines then use the second while the learner trains on the first).",
+  module_name="runtime flags",
+)
 FLAGS = flags.FLAGS
 
 
 def apply() -> None:
   runtime.configure(
     compilation_cache_dir=FLAGS.compilation_cache_dir,
+    cpu_devices=FLAGS.cpu_devices,
     distributed=FLAGS.distributed,
     coordinator_address=FLAGS.coordinator_address,
     num_processes=FLAGS.num_processes,

@@ -149,6 +149,7 @@ class Config:
     ("user_cold",), f"Scenarios of the few-shot curve, any of: {', '.join(SCENARIOS)}."
   )
   devices: int = opt(1, "Devices the task axis of each meta-batch is sharded over (0: all visible).")
+  overlap_baselines: bool = opt(True, "Run the baselines on a second CPU device while the learner trains.")
   task_chunk: int = opt(
     -1,
     "Vmap over chunks of this many tasks inside the step (0: the whole meta-batch at once; "
@@ -314,7 +315,7 @@ FIELD_GROUPS = {
   "training": ("outer_lr", "meta_batch_size", "epochs", "patience", "id_dropout", "redraw", "weight_decay", "seed"),
   "evaluation": ("eval_chunk", "ndcg_ks", "few_shot_ks", "few_shot_scenarios"),
   "checkpoints": ("checkpoints", "checkpoint_every", "keep_checkpoints"),
-  "runtime": ("devices", "task_chunk", "length_buckets"),
+  "runtime": ("devices", "overlap_baselines", "task_chunk", "length_buckets"),
 }
 FIELD_GROUP = {name: group for group, names in FIELD_GROUPS.items() for name in names}
 
@@ -372,13 +373,8 @@ def resolve(preset: str = "default", overrides: dict | None = None) -> Config:
 
 # Config fields that do not change a run's results: a resumed run may differ in them.
 RESUME_FREE_FIELDS = (
-  "data_dir",
-  "devices",
-  "task_chunk",
-  "checkpoints",
-  "checkpoint_every",
-  "keep_checkpoints",
-  "eval_chunk",
+  *("data_dir", "devices", "overlap_baselines", "task_chunk", "checkpoints", "checkpoint_every"),
+  *("keep_checkpoints", "eval_chunk"),
 )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from metarec_jax.data.episodes import device_episodes, featurize_episodes
@@ -34,23 +33,20 @@ def make_predict_fn(learner: Learner) -> Callable:
 
 
 def predict_episodes(
-  predict_fn, params, tables, episodes: Episodes, chunk: int, arrays: dict | None = None
+  predict_fn, params, tables, episodes: Episodes, chunk: int, chunks: list[dict] | None = None
 ) -> np.ndarray:
   """Predicts every task in fixed-size chunks (padding the last), so one compile serves all.
 
-  The padded episodes go to the device once (pass `arrays` from `device_episodes` to reuse
-  them across calls); each chunk is a device-side slice.
+  The chunks go to the device once (pass `chunks` from `device_episodes` to reuse them
+  across calls).
   """
   T = len(episodes)
   if T == 0:
     return np.zeros((0, episodes.query_item.shape[1]), np.float32)
-  if arrays is None:
-    arrays = device_episodes(episodes, chunk)
-  outs = [
-    predict_fn(params, tables, {k: v[c * chunk : (c + 1) * chunk] for k, v in arrays.items()})
-    for c in range(-(-T // chunk))
-  ]
-  return np.asarray(jnp.concatenate(outs))[:T]
+  if chunks is None:
+    chunks = device_episodes(episodes, chunk)
+  outs = [predict_fn(params, tables, c) for c in chunks]
+  return np.concatenate([np.asarray(o) for o in outs])[:T]
 
 
 _SCORE_FNS: dict = {}
@@ -106,6 +102,18 @@ class Evaluator:
     self.buckets, self.bucket_sizes = buckets, bucket_sizes
     self._arrays: dict = {}
     self._fns: dict = {}
+
+  def on_device(self, device) -> "Evaluator":
+    """An Evaluator of the same splits with its tables on `device` (and its own caches): the
+    computations run where their inputs are."""
+    return Evaluator(
+      jax.device_put(self.tables, device),
+      chunk=self.chunk,
+      ks=self.ks,
+      label=self.label,
+      buckets=self.buckets,
+      bucket_sizes=self.bucket_sizes,
+    )
 
   def predict_fn(self, learner: Learner) -> Callable:
     if id(learner) not in self._fns:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
 from typing import TypedDict
 
+import jax
 import numpy as np
 from absl import logging
 
@@ -20,6 +22,7 @@ from metarec_jax.config import INIT_FROM_POOLED, Config, check_resumable
 from metarec_jax.data.tasks import SCENARIOS
 from metarec_jax.evaluate import score
 from metarec_jax.learners import POOLED, REUSE, TRAIN, get_spec, warm_start
+from metarec_jax.overlap import Deferred, Handoff, fits_of
 from metarec_jax.progress import Progress
 from metarec_jax.setup import Setup, build_setup
 from metarec_jax.training.loop import fit
@@ -78,24 +81,55 @@ def _fresh_workdir(config: Config, workdir: str, resume: bool) -> None:
 class _Run:
   """One run's fits and evaluations (the state `train_and_evaluate` threads through)."""
 
-  def __init__(self, st: Setup, workdir: str, log, resume: bool):
+  def __init__(self, st: Setup, workdir: str, log, resume: bool, handoff: "Handoff | None" = None, device=None):
+    """`handoff`: the fits one thread publishes (the main thread's `_Run`, `device` None) and
+    the other takes instead of fitting them again (the baselines' `_Run`, on `device`)."""
     self.st, self.workdir, self.log, self.resume = st, workdir, log, resume
+    self.handoff, self.device = handoff, device
     self.trained, self.training, self.train_timing, self.results, self.families = {}, {}, {}, {}, {}
-    self.few_shot, self.timing = {}, {}
+    self.few_shot, self.timing, self.learners, self.prepared = {}, {}, {}, {}
+
+  def learner_of(self, name: str):
+    """The learner `name` with the run's options, made once (its jitted functions with it)."""
+    if name not in self.learners:
+      self.learners[name] = self.st.make(name)
+    return self.learners[name]
+
+  def prepare(self, name: str) -> None:
+    """Compiles the training steps of `name`'s fit in a thread while the fit it starts from
+    (the pooled network's) steps, from that fit's second epoch: the first epoch's own compiles
+    hold the interpreter. `name`'s fit then starts stepping at once."""
+    from metarec_jax.training.loop import compile_steps, make_steps
+
+    st, learner = self.st, self.learner_of(name)
+
+    def work():
+      params = st.init_params(learner)
+      steps = make_steps(learner, st.data, st.config, len(st.scen.train), params)
+      compile_steps(steps, params, st.config)
+      if len(st.scen.val):
+        st.val_score(learner, params)  # compiles the validation predictions (values unused)
+      return steps
+
+    self.prepared[name] = Deferred(work)
 
   def fit(self, name: str, learner, *, exit_at_step=None):
     """The trained params of `learner` (registered as `name`), fitted once per run."""
+    if name not in self.trained and self.device is not None and name in self.handoff.names:
+      self.trained[name] = jax.device_put(self.handoff.take(name), self.device)
     if name not in self.trained:
       st, c = self.st, self.st.config
       spec = get_spec(name)
       params = st.init_params(learner)
       if c.init == INIT_FROM_POOLED and spec.warm_start is not None:
-        params = warm_start(name, params, self.fit(POOLED, st.make(POOLED)))
+        params = warm_start(name, params, self.fit(POOLED, self.learner_of(POOLED)))
       ckpt = (
         FitCheckpoints(checkpoint_dir(self.workdir, learner.name), keep=c.keep_checkpoints, every=c.checkpoint_every)
         if c.checkpoints
         else None
       )
+      prepared = self.prepared.pop(name, None)
+      start_prepared = lambda epoch: [p.start() for p in self.prepared.values()]  # noqa: E731
       params, info = fit(
         learner,
         params,
@@ -108,10 +142,14 @@ class _Run:
         ckpt=ckpt,
         resume=self.resume,
         exit_at_step=exit_at_step,
+        steps=prepared.result() if prepared is not None else None,
+        on_epoch=start_prepared if self.prepared else None,
       )
       self.trained[name] = params
       self.training[name] = {k: v for k, v in info.items() if k not in ("train_time_s", "tasks_per_s")}
       self.train_timing[name] = {"train_time_s": info["train_time_s"], "tasks_per_s": info["tasks_per_s"]}
+      if self.handoff is not None and self.device is None:
+        self.handoff.publish(name, params)
     return self.trained[name]
 
   def params_for(self, name: str, learner, **kw):
@@ -119,7 +157,7 @@ class _Run:
     if spec.source == TRAIN:
       return self.fit(name, learner, **kw)
     if spec.source == REUSE:
-      return self.fit(spec.params_from, self.st.make(spec.params_from))
+      return self.fit(spec.params_from, self.learner_of(spec.params_from))
     return self.st.init_params(learner)
 
   def row(self, name: str, **kw):
@@ -131,7 +169,7 @@ class _Run:
       self.training[name] = {"selected": best["options"], f"val/{best['metric']}": best["val"]}
       learner, params, fn = best["learner"], best["params"], best["predict_fn"]
     else:
-      learner = st.make(name)
+      learner = self.learner_of(name)
       params, fn = self.params_for(name, learner, **kw), None
     preds, self.results[learner.name] = self.evaluate(learner, params, fn)
     return learner, params, preds
@@ -155,6 +193,49 @@ class _Run:
           curve[str(k)] = ev.score(fn, params, ("few_shot", s, k), scen.test[s].cap_support(k))
           bar.update(1)
     return preds, metrics
+
+
+def _baseline_rows(run: _Run, names: list[str], stop: threading.Event | None = None) -> None:
+  with Progress("baselines", len(names), "baseline") as bar:
+    for name in names:
+      if stop is not None and stop.is_set():  # the learner's thread failed: its error is raised
+        return
+      t0 = time.perf_counter()
+      run.row(name)
+      run.timing[name] = time.perf_counter() - t0
+      bar.update(1, note=name)
+
+
+class _Baselines(threading.Thread):
+  """The baselines' rows in a second thread, on their own device, while the main thread fits
+  and evaluates the learner: every computation is the one the sequential run makes, on a
+  device of the same kind, so the results are the same. `merge_into` adds them to the run's
+  in the order of `names`."""
+
+  def __init__(self, run: _Run, names: list[str], device, handoff: Handoff):
+    super().__init__(name="baselines", daemon=True)
+    st = dataclasses.replace(run.st, evaluator=run.st.evaluator.on_device(device))
+    self.names, self.error, self.stop = names, None, threading.Event()
+    self.run_ = _Run(st, run.workdir, run.log, run.resume, handoff=handoff, device=device)
+
+  def run(self):
+    try:
+      with jax.default_device(self.run_.device):
+        _baseline_rows(self.run_, self.names, self.stop)
+    except BaseException as e:  # raised again by merge_into, in the main thread
+      self.error = e
+
+  def merge_into(self, run: _Run) -> None:
+    self.join()
+    if self.error is not None:
+      raise self.error
+    b = self.run_
+    for name in [n for n in b.results if n not in run.results]:
+      run.results[name] = b.results[name]
+    for d, src in ((run.families, b.families), (run.training, b.training), (run.timing, b.timing)):
+      d.update({k: v for k, v in src.items() if k not in d})
+    for s, curves in b.few_shot.items():
+      run.few_shot.setdefault(s, {}).update(curves)
 
 
 def oracle_metrics(st: Setup) -> dict:
@@ -207,17 +288,14 @@ def train_and_evaluate(
     len(scen.val),
     {s: len(e) for s, e in scen.test.items()},
   )
-  run = _Run(st, workdir, writers.MetricsLog(workdir, append=resume), resume)
+  others = [name for name in config.baselines if name != config.learner]
+  device = runtime.baseline_device(config.overlap_baselines, config.devices) if others else None
+  handoff = Handoff(fits_of(config.learner, config)) if device is not None else None
+  run = _Run(st, workdir, writers.MetricsLog(workdir, append=resume), resume, handoff=handoff)
   data_s = time.perf_counter() - t_start
   criterion = scen.label.select_metric
-
-  # The learner under study.
-  spec = get_spec(config.learner)
-  t0 = time.perf_counter()
-  _, params, preds = run.row(config.learner, exit_at_step=exit_at_step)
-  run.timing[config.learner] = time.perf_counter() - t0  # with the pooled network's fit when it warm-starts
   base_info = None
-  if config.base:  # which fit of the base the stacked learners predict the residual of
+  if config.base:  # which fit of the base the stacked learners predict the residual of (before both threads)
     base = st.select(config.base)
     base_info = {
       "name": config.base,
@@ -225,6 +303,25 @@ def train_and_evaluate(
       f"val/{base['metric']}": base["val"],
       "folds": config.base_folds,
     }
+  baselines = _Baselines(run, others, device, handoff) if device is not None else None
+  if baselines is not None:  # beside the learner, on a second device (runtime.baseline_device)
+    baselines.start()
+  spec = get_spec(config.learner)
+  if spec.source == TRAIN and not spec.grid and len(fits_of(config.learner, config)) > 1 and jax.process_count() == 1:
+    run.prepare(config.learner)  # compiled while the fit it starts from (the pooled network's) runs
+
+  # The learner under study.
+  t0 = time.perf_counter()
+  try:
+    _, params, preds = run.row(config.learner, exit_at_step=exit_at_step)
+  except BaseException:
+    if baselines is not None:
+      baselines.stop.set()
+    raise
+  finally:
+    if handoff is not None:
+      handoff.close()
+  run.timing[config.learner] = time.perf_counter() - t0  # with the pooled network's fit when it warm-starts
   adaptation = {}
   if spec.inner_loop and config.inner_steps > 0:
     frozen = st.make(config.learner, inner_steps=0)
@@ -237,13 +334,10 @@ def train_and_evaluate(
       adaptation[s] = {"mean_abs_change": delta, f"{criterion}_without_adaptation": res0[s].get(criterion)}
 
   # Baselines on the same splits.
-  others = [name for name in config.baselines if name != config.learner]
-  with Progress("baselines", len(others), "baseline") as bar:
-    for name in others:
-      t0 = time.perf_counter()
-      run.row(name)
-      run.timing[name] = time.perf_counter() - t0
-      bar.update(1, note=name)
+  if baselines is not None:
+    baselines.merge_into(run)
+  else:
+    _baseline_rows(run, others)
 
   final: FinalMetrics = {
     "dataset": {

@@ -20,9 +20,32 @@ TASK_AXIS = "tasks"
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "metarec_jax", "xla")
 
 
+def cpu_device_count(requested: int = -1) -> int | None:
+  """How many CPU devices the process makes: `requested`, or with -1 one per usable core, at
+  most 2 (the learner trains on one and the baselines run on the other: `baseline_device`);
+  None leaves XLA's own count (when XLA_FLAGS forces one, as the tests do)."""
+  if requested > 0:
+    return requested
+  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return None
+  return min(2, len(os.sched_getaffinity(0)))
+
+
+def baseline_device(overlap: bool, devices: int):
+  """The device a run's baselines use while its learner trains: the second CPU device, when
+  the learner trains on the first (one device, one process); None runs them afterwards, in
+  the learner's thread. A CPU device's computations wait for one another's; two devices'
+  run side by side, on the two cores."""
+  if not overlap or devices != 1 or jax.process_count() > 1:
+    return None
+  available = jax.devices()
+  return available[1] if available[0].platform == "cpu" and len(available) > 1 else None
+
+
 def configure(
   *,
   compilation_cache_dir: str | None = None,
+  cpu_devices: int = -1,
   distributed: bool = False,
   coordinator_address: str | None = None,
   num_processes: int | None = None,
@@ -34,7 +57,13 @@ def configure(
   distributed: call `jax.distributed.initialize` with the coordinator address, process count and
   process id given (those left None: from the cluster environment JAX detects). On CPU the
   processes' collectives go through gloo.
+  cpu_devices: the CPU devices to make (`cpu_device_count`); set only before JAX's backends start.
   """
+  from jax._src import xla_bridge
+
+  n_cpu = None if distributed else cpu_device_count(cpu_devices)
+  if n_cpu is not None and not xla_bridge.backends_are_initialized():
+    jax.config.update("jax_num_cpu_devices", n_cpu)
   if not distributed and any(v is not None for v in (coordinator_address, num_processes, process_id)):
     raise ValueError("--coordinator_address, --num_processes and --process_id need --distributed")
   if distributed:

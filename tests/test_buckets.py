@@ -106,6 +106,39 @@ def test_training_compiles_once_per_bucket(setup, monkeypatch):
   assert len(traces) == len(setup.data["buckets"]) >= 2  # no recompiles after the first epoch
 
 
+def test_steps_compiled_ahead_are_not_traced_again_by_the_fit(setup, monkeypatch):
+  from metarec_jax.training import loop
+
+  traces = []
+  real = loop.make_train_step
+  monkeypatch.setattr(loop, "make_train_step", lambda *a, **kw: real(*a, **kw, on_trace=lambda: traces.append(1)))
+  learner, config = setup.make("maml"), dataclasses.replace(setup.config, epochs=2)
+  params = setup.init_params(learner)
+  kw = dict(n_tasks=len(setup.scen.train), val_score=None, select="mae")
+  steps = loop.make_steps(learner, setup.data, config, kw["n_tasks"], params)
+  loop.compile_steps(steps, params, config)  # what protocol's Deferred runs in its thread
+  assert len(traces) == len(setup.data["buckets"])
+  fresh = lambda: jax.tree.map(jnp.copy, params)  # noqa: E731 (a fit donates its start)
+  ahead, _ = loop.fit(learner, fresh(), setup.data, config, steps=steps, **kw)
+  assert len(traces) == len(setup.data["buckets"])  # the fit stepped with the compiled steps
+  plain, _ = loop.fit(learner, fresh(), setup.data, config, **kw)
+  jax.tree.map(np.testing.assert_array_equal, ahead, plain)
+
+
+def test_the_cpu_devices_and_the_baselines_device(monkeypatch):
+  from metarec_jax import runtime
+
+  assert runtime.cpu_device_count(3) == 3
+  assert runtime.cpu_device_count(-1) is None  # XLA_FLAGS forces the tests' 4 devices: left alone
+  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0})
+  assert runtime.cpu_device_count(-1) == 1  # one usable core (a pinned compare --jobs worker)
+  monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(16)))
+  assert runtime.cpu_device_count(-1) == 2
+  assert runtime.baseline_device(True, 1) == jax.devices()[1]
+  assert runtime.baseline_device(False, 1) is None and runtime.baseline_device(True, 2) is None
+
+
 def test_the_device_defaults_resolve_by_data_size_and_backend():
   from metarec_jax import runtime
   from metarec_jax.data.buckets import n_buckets

@@ -47,7 +47,9 @@ def test_sharded_over_four_devices_equals_one_device(setup, name, adapt):
   four, losses_four, traces = _train(setup, name, mesh, adapt=adapt)
   assert len(traces) == 1
   np.testing.assert_allclose(losses_four, losses_one, rtol=2e-5, atol=1e-6)
-  chex.assert_trees_all_close(four.params, one.params, rtol=1e-4, atol=1e-6)
+  # atol: the all-reduce's rounding, through Adam's normalised steps (each moves a parameter by
+  # up to lr = 1e-3), reached 5e-6 on one entry of 8,192 (the neural process).
+  chex.assert_trees_all_close(four.params, one.params, rtol=1e-4, atol=1e-5)
   # The parameters really live on all four devices.
   leaf = jax.tree.leaves(four.params)[0]
   assert len(leaf.sharding.device_set) == 4

@@ -74,11 +74,14 @@ def redraw_support_query(rng, ep: dict) -> dict:
   return out
 
 
-def device_episodes(episodes: Episodes, chunk: int) -> dict:
-  """The episodes padded to a multiple of `chunk` tasks (repeating the first ones), on the device."""
+def device_episodes(episodes: Episodes, chunk: int) -> list[dict]:
+  """The episodes in chunks of `chunk` tasks (the last padded by repeating the first tasks),
+  each chunk on the device. Sliced on the host: a device-side slice per chunk and array is
+  one dispatch each, and one compile per distinct offset."""
   n_chunks = -(-len(episodes) // chunk)
   idx = np.arange(n_chunks * chunk) % len(episodes)
-  return {k: jnp.asarray(v[idx]) for k, v in episodes.arrays().items()}
+  arrays = episodes.arrays()
+  return [{k: jnp.asarray(v[idx[c * chunk : (c + 1) * chunk]]) for k, v in arrays.items()} for c in range(n_chunks)]
 
 
 def device_data(episodes: Episodes, tables: dict) -> dict:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, concat_batches, loss_and_link
 from metarec_jax.learners.set_common import RATING_LEVELS, SET_LEARNERS, _batched, _gaussian_kl, _half_gap, _masked_mean
+from metarec_jax.models import init_jit
 
 
 class _UserHead(nn.Module):
@@ -157,7 +158,7 @@ def make_factor_set_learner(
   def init(rng, example: Episode, ctx: FitContext):
     t = jax.tree.map(lambda a: a[0], example)
     k_model, k_enc = jax.random.split(rng)
-    meta = {"model": model.init(k_model, t.support.x)}
+    meta = {"model": init_jit(model, k_model, t.support.x)}
     q, e = read(meta, t.support)
     args = (q, e, t.support.mask) + ((t.support.y,) if name == "prototype" else ())
     meta["enc"] = enc.init(k_enc, *args)

@@ -22,26 +22,32 @@ FOLDIN = ("bias_foldin", "als_foldin")
 _FOLDIN_OPTIONS = ("reg_user", "reg_item", "reg_content", "rank", "reg", "als_iters")
 
 
-def item_design_matrix(ctx: FitContext) -> np.ndarray:
+def item_design_matrix(ctx: FitContext, sparse: bool = False):
   """[n_items, F] one-hot / multi-hot item content features, text vectors ("text" fields, as they
   are) and an intercept column. Not the item id, and not dense fields (the co-occurrence vectors,
-  made from training interactions, and the per-episode support similarity): not content."""
-  cols = [np.ones((ctx.n_items, 1))]
+  made from training interactions, and the per-episode support similarity): not content.
+  `sparse`: as a scipy CSR matrix (ML-1M's is 3,706 x 10,197, 300 MB dense, 0.2 % filled)."""
+  import scipy.sparse as sp
+
+  n = ctx.n_items
+  cols = [sp.csr_matrix(np.ones((n, 1)))]
   for spec in ctx.fields:
     if not spec.name.startswith("item/") or spec.name == ITEM_ID_FIELD or spec.kind == "dense":
       continue
     if spec.kind == "text":
-      cols.append(np.asarray(ctx.tables[spec.name], np.float64))
+      cols.append(sp.csr_matrix(np.asarray(ctx.tables[spec.name], np.float64)))
       continue
     ids = np.asarray(ctx.tables[spec.name])
     ids = ids[:, None] if ids.ndim == 1 else ids
-    rows = np.repeat(np.arange(ctx.n_items), ids.shape[1])
+    rows = np.repeat(np.arange(n), ids.shape[1])
     valid = ids.reshape(-1) >= 0
-    flat = rows[valid] * spec.vocab_size + ids.reshape(-1)[valid]
-    block = np.bincount(flat, minlength=ctx.n_items * spec.vocab_size).reshape(ctx.n_items, spec.vocab_size)
-    block = block / np.maximum(block.sum(1, keepdims=True), 1.0)
-    cols.append(block)
-  return np.concatenate(cols, axis=1)
+    block = sp.csr_matrix(
+      (np.ones(int(valid.sum())), (rows[valid], ids.reshape(-1)[valid])), shape=(n, spec.vocab_size)
+    )  # duplicates add up, as counts
+    block.sum_duplicates()
+    cols.append(sp.diags(1.0 / np.maximum(np.asarray(block.sum(1)).ravel(), 1.0)) @ block)
+  X = sp.hstack(cols, format="csr")
+  return X if sparse else X.toarray()
 
 
 def ridge(X: np.ndarray, Y: np.ndarray, reg: float) -> np.ndarray:
@@ -56,24 +62,29 @@ def content_ridge_predict(
   (10,197 against ~3,400 on ML-1M) it is solved in the dual,
   X (X_k^T X_k + reg I)^-1 X_k^T Y = (X X_k^T) (X_k X_k^T + reg I)^-1 Y, an n_known-sized
   system; otherwise (e.g. Last.fm's 17 columns against 10,000 artists) in the primal. The
-  matrix each needs (X X_k^T, or X) is built once per training context (`ctx.memo`) and
-  reused by every configuration of the validation grid. `dual` forces the choice (tests)."""
+  matrix each needs (X X_k^T, from the sparse X, or X) is built once per training context
+  (`ctx.memo`) and reused by every configuration of the validation grid. `dual` forces the
+  choice (tests)."""
   X = ctx.memo.get("item_design")
   if X is None:
-    X = ctx.memo["item_design"] = item_design_matrix(ctx)
+    X = ctx.memo["item_design"] = item_design_matrix(ctx, sparse=True)
   if dual is None:
     dual = X.shape[1] > known.sum()
   if not dual:
-    return X @ ridge(X[known], Y, reg)
+    dense = ctx.memo.get("item_design_dense")
+    if dense is None:
+      dense = ctx.memo["item_design_dense"] = X.toarray()
+    return dense @ ridge(dense[known], Y, reg)
   key = ("item_gram", known.tobytes())
   G = ctx.memo.get(key)
   if G is None:
-    G = ctx.memo[key] = X @ X[known].T
+    G = ctx.memo[key] = (X @ X[np.flatnonzero(known)].T).toarray()
   inv_key = ("item_gram_inverse", known.tobytes(), float(reg))  # one factorisation per shrinkage
   K_inv = ctx.memo.get(inv_key)
   if K_inv is None:
     K = G[known]
-    K_inv = ctx.memo[inv_key] = np.linalg.inv(K + reg * np.eye(K.shape[0]))
+    K[np.diag_indices_from(K)] += reg
+    K_inv = ctx.memo[inv_key] = np.linalg.inv(K)
   return G @ (K_inv @ Y)
 
 

@@ -21,6 +21,7 @@ from metarec_jax.data.schema import FieldSpec
 from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, concat_batches, loss_and_link
 from metarec_jax.learners.registry import POOLED, REUSE, LearnerSpec, register
 from metarec_jax.models.content import EMBED_SCOPE, param_name
+from metarec_jax.models import init_jit
 
 ADAPT_MODES = ("head", "last", "all")
 OUTPUT_SCOPE = "out"
@@ -176,7 +177,7 @@ def make_gradient_learner(
 
   def init(rng, example: Episode, ctx: FitContext):
     x = jax.tree.map(lambda a: a[0], example.support.x)
-    meta = {"model": model.init(rng, x)}
+    meta = {"model": init_jit(model, rng, x)}
     if learn_inner_lr:
       _, fast = split(meta["model"])
       meta["inner_lr"] = traverse_util.unflatten_dict(

@@ -29,6 +29,7 @@ from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, loss_
 from metarec_jax.learners.maml import adapt_mask, copy_network
 from metarec_jax.learners.registry import LearnerSpec, register
 from metarec_jax.models.content import field_embeddings
+from metarec_jax.models import init_jit
 
 SLOTS = 3  # memory slots K
 TAU = 0.1  # scale of the feature-specific memory's bias
@@ -63,7 +64,7 @@ def make_mamo(
 
   def init(rng, example: Episode, ctx: FitContext):
     x = jax.tree.map(lambda a: a[0], example.support.x)
-    mp = model.init(rng, x)
+    mp = init_jit(model, rng, x)
     _, head = split(mp)
     n_head = sum(v.size for v in head.values())
     dp, dq = embed(mp, x, user_specs).shape[-1], embed(mp, x, item_specs).shape[-1]

@@ -36,6 +36,7 @@ from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, loss_
 from metarec_jax.learners.maml import copy_network
 from metarec_jax.learners.registry import LearnerSpec, register
 from metarec_jax.models.content import EMBED_SCOPE, field_embeddings, param_name
+from metarec_jax.models import init_jit
 
 K = 10  # ratings in each of an item task's two batches
 ALPHA = 0.1
@@ -116,13 +117,13 @@ def make_metaemb(model, *, inner_lr: float = 0.1, loss: str = "mse", seed: int =
 
   def init(rng, example: Episode, ctx: FitContext):
     x = jax.tree.map(lambda a: a[0], example.support.x)
-    mp = model.init(rng, x)
+    mp = init_jit(model, rng, x)
     if EMBED_SCOPE not in mp["params"]:
       raise ValueError("metaemb needs the content model (--model=content)")
     feat = content(mp, x)
     bound["tasks"] = {k: jnp.asarray(v) for k, v in item_tasks(ctx, seed).items()}
     bound["tables"] = {k: jnp.asarray(v) for k, v in (ctx.tables or {}).items()}
-    return {"model": mp, "gen": gen.init(jax.random.fold_in(rng, 1), feat)}
+    return {"model": mp, "gen": init_jit(gen, jax.random.fold_in(rng, 1), feat)}
 
   def adapt(meta, support: Batch):
     return {}

@@ -43,6 +43,7 @@ from metarec_jax.learners.set_common import (  # noqa: F401 (RATING_LEVELS, SET_
   _masked_mean,
 )
 from metarec_jax.models.content import Embeddings
+from metarec_jax.models import init_jit
 
 
 class SetModel(nn.Module):
@@ -241,7 +242,7 @@ def make_set_learner(
 
   def init(rng, example: Episode, ctx: FitContext):
     t = jax.tree.map(lambda a: a[0], example)
-    return {"model": net.init(rng, t.support.x, t.support.y, t.support.mask, t.query.x)}
+    return {"model": init_jit(net, rng, t.support.x, t.support.y, t.support.mask, t.query.x)}
 
   def adapt(meta, support: Batch):
     return net.apply(meta["model"], support.x, support.y, support.mask, method="encode")

@@ -57,6 +57,8 @@ def fit(
   ckpt: FitCheckpoints | None = None,
   resume: bool = False,
   exit_at_step: int | None = None,
+  steps: TrainSteps | None = None,
+  on_epoch: Callable[[int], None] | None = None,
 ) -> tuple[Any, dict]:
   """Meta-trains `learner` with Adam on `data` (n_tasks training tasks) and returns the params
   that are best on `val_score(params)[select]` (lower is better) and a summary.
@@ -66,7 +68,8 @@ def fit(
   `resume`, training continues from the latest checkpoint and reaches the same result as an
   uninterrupted run (same order of epochs and steps, same keys). `exit_at_step` ends the
   process right after that step, as a kill would (tests only). The checkpoint manager is
-  closed however the fit ends.
+  closed however the fit ends. `steps`: from `make_steps` for this learner, data and config
+  (default: made here). `on_epoch(epoch)` is called after each epoch's validation.
   """
   try:
     return _fit(
@@ -81,27 +84,34 @@ def fit(
       ckpt=ckpt,
       resume=resume,
       exit_at_step=exit_at_step,
+      steps=steps,
+      on_epoch=on_epoch,
     )
   finally:
     if ckpt is not None:
       ckpt.close()
 
 
-def _fit(learner, params, data, config, *, n_tasks, val_score, select, log, ckpt, resume, exit_at_step):
+@dataclasses.dataclass
+class TrainSteps:
+  """What a fit steps with: the jitted step, the epoch's order (key -> (next key, order, the
+  bucket of each row or None)), the data of each bucket (a list) or of the split, the
+  meta-batches per epoch, the mesh and the optimiser (one object: the step is traced for it)."""
+
+  step_fn: Callable
+  order_fn: Callable
+  step_data: Any
+  n_batches: int
+  mesh: Any
+  tx: optax.GradientTransformation
+
+
+def make_steps(learner: Learner, data: dict, config, n_tasks: int, params) -> TrainSteps:
   B = config.meta_batch_size
   mesh = runtime.task_mesh(config.devices)
   runtime.check_divisible(B, mesh)
   data = runtime.replicate(data, mesh)
-  train = create_train_state(jax.random.key(config.seed + 1), params, make_optimizer(config, params))
-  state = runtime.replicate(
-    FitState(
-      train=train,
-      epoch_key=jax.random.key(config.seed + 2),
-      best_params=jax.tree.map(jnp.copy, params),
-      progress=Progress(),
-    ),
-    mesh,
-  )
+  tx = make_optimizer(config, params)
   step_fn = make_train_step(
     learner,
     id_dropout=config.id_dropout,
@@ -115,12 +125,43 @@ def _fit(learner, params, data, config, *, n_tasks, val_score, select, log, ckpt
     counts = [int(e["user"].shape[0]) for e in data["buckets"]]
     order_fn = make_bucket_order(counts, B, mesh)  # (key, order, bucket of each row)
     step_data = [{"episodes": e, "tables": data["tables"]} for e in data["buckets"]]
-    n_batches = sum(-(-c // B) for c in counts)
-  else:
-    plain_order = make_epoch_order(n_tasks, B, mesh)
-    order_fn = lambda key: (*plain_order(key), None)  # noqa: E731
-    step_data = data
-    n_batches = -(-n_tasks // B)
+    return TrainSteps(step_fn, order_fn, step_data, sum(-(-c // B) for c in counts), mesh, tx)
+  plain_order = make_epoch_order(n_tasks, B, mesh)
+  order_fn = lambda key: (*plain_order(key), None)  # noqa: E731
+  return TrainSteps(step_fn, order_fn, data, -(-n_tasks // B), mesh, tx)
+
+
+def compile_steps(steps: TrainSteps, params, config) -> None:
+  """Traces, lowers and compiles the step of every bucket for `params`' shapes, so that a fit
+  with these `steps` starts stepping at once (a thread can do this while another fit runs)."""
+  train = runtime.replicate(create_train_state(jax.random.key(config.seed + 1), params, steps.tx), steps.mesh)
+  _, order, _ = steps.order_fn(jax.random.key(config.seed + 2))
+  for d in steps.step_data if isinstance(steps.step_data, list) else [steps.step_data]:
+    steps.step_fn.lower(train, d, order).compile()
+
+
+def _fit(
+  learner, params, data, config, *, n_tasks, val_score, select, log, ckpt, resume, exit_at_step, steps, on_epoch
+):
+  B = config.meta_batch_size
+  steps = steps or make_steps(learner, data, config, n_tasks, params)
+  step_fn, order_fn, step_data, n_batches, mesh = (
+    steps.step_fn,
+    steps.order_fn,
+    steps.step_data,
+    steps.n_batches,
+    steps.mesh,
+  )
+  train = create_train_state(jax.random.key(config.seed + 1), params, steps.tx)
+  state = runtime.replicate(
+    FitState(
+      train=train,
+      epoch_key=jax.random.key(config.seed + 2),
+      best_params=jax.tree.map(jnp.copy, params),
+      progress=Progress(),
+    ),
+    mesh,
+  )
 
   # Started before the first validation score (its compile is part of the phase).
   bar = progress_lib.Progress(
@@ -249,6 +290,8 @@ def _fit(learner, params, data, config, *, n_tasks, val_score, select, log, ckpt
     )
     if ckpt is not None and (improved or not ckpt.every or step % ckpt.every == 0):
       save(step, state, val.get(select))
+    if on_epoch is not None:
+      on_epoch(epoch)
   bar.__exit__(None, None, None)
   prog = state.progress
   steps = int(state.train.step)
