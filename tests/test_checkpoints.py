@@ -108,6 +108,19 @@ def test_a_fresh_run_into_a_workdir_with_checkpoints_is_refused(uninterrupted):
   assert os.path.getmtime(os.path.join(uninterrupted, "config.json")) == mtime
 
 
+def test_a_failing_learner_reports_its_own_error_while_the_baselines_run(tmp_path):
+  # The pooled network fails first (it is trained with the same outer rate); the baselines'
+  # thread, on its own device, is waiting for it and must neither hang nor mask the error.
+  workdir = str(tmp_path / "nan_with_baselines")
+  proc = run_binary(
+    "experiments.train", *TINY[:-2], "--outer_lr=1e30", "--baselines=global_mean,pooled", f"--workdir={workdir}"
+  )
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  msg = proc.stderr.strip().splitlines()[-1]
+  assert msg.startswith("error: pooled: non-finite") and "at step" in msg
+  assert not os.path.exists(os.path.join(workdir, "final_metrics.json"))
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / "nan")
   proc = run_binary(
