@@ -30,11 +30,9 @@ def _pin_worker(cores, cache_dir: str) -> None:
   core = cores.get()
   if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {core})
-  if cache_dir:
-    import jax
+  from metarec_jax import runtime
 
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  runtime.configure(compilation_cache_dir=cache_dir)
 
 
 def _one_run(config: Config, workdir: str) -> tuple[dict, float]:

@@ -59,11 +59,12 @@ def configure(
   processes' collectives go through gloo.
   cpu_devices: the CPU devices to make (`cpu_device_count`); set only before JAX's backends start.
   """
-  from jax._src import xla_bridge
-
   n_cpu = None if distributed else cpu_device_count(cpu_devices)
-  if n_cpu is not None and not xla_bridge.backends_are_initialized():
-    jax.config.update("jax_num_cpu_devices", n_cpu)
+  if n_cpu is not None:
+    try:
+      jax.config.update("jax_num_cpu_devices", n_cpu)
+    except RuntimeError:  # JAX's backends have started (an in-process caller): their count stays
+      pass
   if not distributed and any(v is not None for v in (coordinator_address, num_processes, process_id)):
     raise ValueError("--coordinator_address, --num_processes and --process_id need --distributed")
   if distributed:

@@ -26,7 +26,7 @@ def item_design_matrix(ctx: FitContext, sparse: bool = False):
   """[n_items, F] one-hot / multi-hot item content features, text vectors ("text" fields, as they
   are) and an intercept column. Not the item id, and not dense fields (the co-occurrence vectors,
   made from training interactions, and the per-episode support similarity): not content.
-  `sparse`: as a scipy CSR matrix (ML-1M's is 3,706 x 10,197, 300 MB dense, 0.2 % filled)."""
+  `sparse`: as a scipy CSR matrix (ML-1M's is 3,932 x 10,197: 321 MB dense, 0.09 % filled)."""
   import scipy.sparse as sp
 
   n = ctx.n_items

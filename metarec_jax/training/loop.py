@@ -131,10 +131,14 @@ def make_steps(learner: Learner, data: dict, config, n_tasks: int, params) -> Tr
   return TrainSteps(step_fn, order_fn, data, -(-n_tasks // B), mesh, tx)
 
 
+def _start_state(steps: TrainSteps, params, config):
+  return create_train_state(jax.random.key(config.seed + 1), params, steps.tx)
+
+
 def compile_steps(steps: TrainSteps, params, config) -> None:
   """Traces, lowers and compiles the step of every bucket for `params`' shapes, so that a fit
   with these `steps` starts stepping at once (a thread can do this while another fit runs)."""
-  train = runtime.replicate(create_train_state(jax.random.key(config.seed + 1), params, steps.tx), steps.mesh)
+  train = runtime.replicate(_start_state(steps, params, config), steps.mesh)
   _, order, _ = steps.order_fn(jax.random.key(config.seed + 2))
   for d in steps.step_data if isinstance(steps.step_data, list) else [steps.step_data]:
     steps.step_fn.lower(train, d, order).compile()
@@ -152,10 +156,9 @@ def _fit(
     steps.n_batches,
     steps.mesh,
   )
-  train = create_train_state(jax.random.key(config.seed + 1), params, steps.tx)
   state = runtime.replicate(
     FitState(
-      train=train,
+      train=_start_state(steps, params, config),
       epoch_key=jax.random.key(config.seed + 2),
       best_params=jax.tree.map(jnp.copy, params),
       progress=Progress(),
@@ -294,16 +297,16 @@ def _fit(
       on_epoch(epoch)
   bar.__exit__(None, None, None)
   prog = state.progress
-  steps = int(state.train.step)
+  n_steps = int(state.train.step)
   info = {
     "best_epoch": prog.best_epoch,
     f"best_val/{select}": prog.best_val if prog.best_val is not None else float("inf"),
     "epochs_run": prog.epoch - 1,
-    "steps": steps,
+    "steps": n_steps,
     "train_time_s": prog.train_time,
-    "tasks_per_s": steps * B / prog.train_time if prog.train_time else None,
+    "tasks_per_s": n_steps * B / prog.train_time if prog.train_time else None,
   }
   if ckpt is not None:
-    save(steps, state)  # the end (a no-op when this step is saved already)
+    save(n_steps, state)  # the end (a no-op when this step is saved already)
     ckpt.mark_done({"best_step": prog.best_step, "info": info, "records": list(prog.records)})
   return state.best_params, info
