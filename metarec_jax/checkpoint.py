@@ -8,8 +8,9 @@ stores one `training.state.FitState`, as three items:
   progress  JSON: epoch, position in the epoch, the epoch's losses so far, the best
             validation criterion and its step, patience counter, the metrics.jsonl records.
 Checkpoints saved right after a validation carry it as orbax metrics, and the preservation
-policy keeps the latest `keep` steps plus the one with the lowest validation criterion. A
-finished fit writes `done.json` (its summary); resuming a finished fit restores its best params.
+policy keeps the latest `keep` steps plus the one with the lowest validation criterion. Saves
+are written in a thread while training goes on. A finished fit writes `done.json` (its summary)
+once its checkpoints are on disk; resuming a finished fit restores its best params.
 """
 
 from __future__ import annotations
@@ -53,13 +54,17 @@ class FitCheckpoints:
       for name in os.listdir(self.directory):
         if ".orbax-checkpoint-tmp" in name:
           shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=False, create=True)
+    # Asynchronous: a save copies the arrays and returns, and orbax writes them in a thread while
+    # training goes on (the next save, a read and `close` wait for it). A process killed mid-write
+    # leaves a temp folder, removed above on the next start; a resume then starts from the save before.
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("params", "state", "progress"))
 
   # -- saving --------------------------------------------------------------------------------
   def save(self, step: int, state, val: float | None = None) -> None:
-    """Saves the FitState `state` as `step` (synchronously; orbax writes to a temp folder and
-    renames it); `val` is its validation criterion, when it was just validated."""
+    """Saves the FitState `state` as `step` (orbax writes to a temp folder in a thread and renames
+    it when done); `val` is its validation criterion, when it was just validated."""
+    self.manager.wait_until_finished()
     if step in self.manager.all_steps():
       return
     arrays = state.arrays()
@@ -76,13 +81,16 @@ class FitCheckpoints:
     )
 
   def mark_done(self, summary: dict) -> None:
+    self.manager.wait_until_finished()  # done.json only once every checkpoint is on disk
     writers.write_json_atomic(os.path.join(self.directory, "done.json"), summary)
 
   # -- reading -------------------------------------------------------------------------------
   def latest_step(self) -> int | None:
+    self.manager.wait_until_finished()
     return self.manager.latest_step()
 
   def steps(self) -> list[int]:
+    self.manager.wait_until_finished()
     return sorted(self.manager.all_steps())
 
   def done(self) -> dict | None:
@@ -93,11 +101,13 @@ class FitCheckpoints:
       return json.load(f)
 
   def restore_params(self, step: int, like) -> Any:
+    self.manager.wait_until_finished()
     out = self.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(like))))
     return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(out.params))
 
   def restore(self, step: int, like):
     """The FitState saved as `step`, shaped like the FitState `like`."""
+    self.manager.wait_until_finished()
     arrays = like.arrays()
     params_like = arrays.pop("params")
     out = self.manager.restore(

@@ -142,7 +142,11 @@ class Config:
   baselines: tuple[str, ...] = opt(
     learners.BASELINES, f"Baselines to run on the same splits, any of: {', '.join(learners.ALL_BASELINES)}."
   )
-  eval_chunk: int = opt(128, "Tasks per evaluation call (one compile serves every chunk).")
+  eval_chunk: int = opt(
+    -1,
+    "Tasks per evaluation call (one compile serves every chunk; -1: the device's fastest, 16 on CPU "
+    "and 128 on accelerators).",
+  )
   ndcg_ks: tuple[int, ...] = opt((1, 3, 5), "nDCG cut-offs (and P/R@k for binary labels; each at most --query_size).")
   few_shot_ks: tuple[int, ...] = opt((), "Support sizes of the few-shot curve (support capped at each k).")
   few_shot_scenarios: tuple[str, ...] = opt(
@@ -154,6 +158,14 @@ class Config:
     -1,
     "Vmap over chunks of this many tasks inside the step (0: the whole meta-batch at once; "
     "-1: the device's fastest, 4 on CPU and 0 on accelerators). Same update either way.",
+  )
+  step_parts: int = opt(
+    -1,
+    "Compute each step's meta-gradient in this many calls over shares of its task chunks, the "
+    "shares after the first on the process's second CPU device (beside the baselines). -1: 2 for a "
+    "learner with an inner loop, stepping in task chunks on one CPU device, when a second exists; "
+    "else 1. Where a share runs does not change the result; against one call, the order in which "
+    "the chunks' gradients are added does.",
   )
   length_buckets: int = opt(
     -1,
@@ -200,9 +212,16 @@ class Config:
       (self.meta_batch_size > 0, f"meta_batch_size must be > 0, got {self.meta_batch_size}"),
       (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
       (0 <= self.id_dropout < 1, f"id_dropout must be in [0, 1), got {self.id_dropout}"),
-      (self.eval_chunk > 0, f"eval_chunk must be > 0, got {self.eval_chunk}"),
+      (
+        self.eval_chunk > 0 or self.eval_chunk == -1,
+        f"eval_chunk must be > 0 (or -1: the device's default), got {self.eval_chunk}",
+      ),
       (self.devices >= 0, f"devices must be >= 0 (0: all), got {self.devices}"),
       (self.task_chunk >= -1, f"task_chunk must be >= 0 (or -1: the device's default), got {self.task_chunk}"),
+      (
+        self.step_parts >= 1 or self.step_parts == -1,
+        f"step_parts must be >= 1 (or -1: by the devices), got {self.step_parts}",
+      ),
       (
         self.length_buckets >= -1,
         f"length_buckets must be >= 0 (or -1: by the data's size), got {self.length_buckets}",
@@ -315,7 +334,7 @@ FIELD_GROUPS = {
   "training": ("outer_lr", "meta_batch_size", "epochs", "patience", "id_dropout", "redraw", "weight_decay", "seed"),
   "evaluation": ("eval_chunk", "ndcg_ks", "few_shot_ks", "few_shot_scenarios"),
   "checkpoints": ("checkpoints", "checkpoint_every", "keep_checkpoints"),
-  "runtime": ("devices", "overlap_baselines", "task_chunk", "length_buckets"),
+  "runtime": ("devices", "overlap_baselines", "task_chunk", "step_parts", "length_buckets"),
 }
 FIELD_GROUP = {name: group for group, names in FIELD_GROUPS.items() for name in names}
 

@@ -49,6 +49,10 @@ def predict_episodes(
   return np.concatenate([np.asarray(o) for o in outs])[:T]
 
 
+def _device_of(tree):
+  return next(iter(jax.tree.leaves(tree)[0].devices()))
+
+
 _SCORE_FNS: dict = {}
 
 
@@ -84,7 +88,9 @@ def score(pred: np.ndarray, episodes: Episodes, ks=(1, 3, 5), label: LabelSpec |
 
 class Evaluator:
   """Scores learners on a run's splits. Each split (and each few-shot cap of one) goes to
-  the device once per run; each learner's predict function is built once."""
+  the device once per run; each learner's predict function is built once. With a `helper`
+  device, a split's chunks alternate between the tables' device and the helper, and run side by
+  side (every chunk's predictions are the same on either device)."""
 
   def __init__(
     self,
@@ -95,17 +101,20 @@ class Evaluator:
     label: LabelSpec | None = None,
     buckets: int = 0,
     bucket_sizes: tuple[int, ...] | None = None,
+    helper=None,
   ):
     self.tables, self.chunk, self.ks, self.label = tables, chunk, tuple(ks), label
     # --length_buckets: each split's tasks by support length (data/buckets.py), at the training
     # buckets' sizes when given (every split then reuses the same few compiled shapes)
     self.buckets, self.bucket_sizes = buckets, bucket_sizes
+    self.devices = (_device_of(tables),) + (() if helper is None or helper == _device_of(tables) else (helper,))
+    self._tables = {self.devices[0]: tables}
     self._arrays: dict = {}
     self._fns: dict = {}
 
   def on_device(self, device) -> "Evaluator":
-    """An Evaluator of the same splits with its tables on `device` (and its own caches): the
-    computations run where their inputs are."""
+    """An Evaluator of the same splits with its tables on `device` (and its own caches, no
+    helper): the computations run where their inputs are."""
     return Evaluator(
       jax.device_put(self.tables, device),
       chunk=self.chunk,
@@ -120,22 +129,48 @@ class Evaluator:
       self._fns[id(learner)] = (learner, make_predict_fn(learner))  # the learner kept alive with its id
     return self._fns[id(learner)][1]
 
-  def predict(self, learner_or_fn, params, key, episodes: Episodes) -> np.ndarray:
-    """[task, Q] predictions on `episodes`, cached on the device under `key`."""
-    fn = self.predict_fn(learner_or_fn) if isinstance(learner_or_fn, Learner) else learner_or_fn
-    if self.buckets > 1 and len(episodes):  # each bucket at its own padding, one compile each
-      if key not in self._arrays:
+  def _parts(self, key, episodes: Episodes) -> list:
+    """[(task indices of the part or None for all, its episodes, its chunks on the devices)],
+    uploaded once per `key`."""
+    if key not in self._arrays:
+      parts = [(None, episodes)]
+      if self.buckets > 1:  # each bucket at its own padding, one compile each
         from metarec_jax.data.buckets import split_by_length
 
         b = split_by_length(episodes, self.buckets, self.bucket_sizes)
-        self._arrays[key] = [(m, e, device_episodes(e, self.chunk)) for m, e in zip(b.members, b.episodes)]
-      out = np.zeros(episodes.query_item.shape, np.float32)
-      for idx, part, arrays in self._arrays[key]:
-        out[idx] = predict_episodes(fn, params, self.tables, part, self.chunk, arrays)
-      return out
-    if len(episodes) and key not in self._arrays:
-      self._arrays[key] = device_episodes(episodes, self.chunk)
-    return predict_episodes(fn, params, self.tables, episodes, self.chunk, self._arrays.get(key))
+        parts = list(zip(b.members, b.episodes))
+      out, first = [], 0
+      for idx, part in parts:  # the chunks alternate between the devices across the whole split
+        devices = self.devices[first % len(self.devices) :] + self.devices[: first % len(self.devices)]
+        # one device: left uncommitted, so that parameters on a mesh take them along
+        chunks = device_episodes(part, self.chunk, devices if len(devices) > 1 else None)
+        out.append((idx, part, chunks))
+        first += len(chunks)
+      self._arrays[key] = out
+    return self._arrays[key]
+
+  def predict(self, learner_or_fn, params, key, episodes: Episodes) -> np.ndarray:
+    """[task, Q] predictions on `episodes`, cached on the device under `key`."""
+    fn = self.predict_fn(learner_or_fn) if isinstance(learner_or_fn, Learner) else learner_or_fn
+    if not len(episodes):
+      return np.zeros(episodes.query_item.shape, np.float32)
+    for d in self.devices[1:]:
+      if d not in self._tables:
+        self._tables[d] = jax.device_put(self.tables, d)
+    here = {self.devices[0]: params, **{d: jax.device_put(params, d) for d in self.devices[1:]}}
+    # every chunk dispatched before any is read back: the devices run side by side
+    pending = [
+      (idx, len(part), [fn(here[d], self._tables[d], c) for c in chunks for d in [_device_of(c)]])
+      for idx, part, chunks in self._parts(key, episodes)
+    ]
+    out = np.zeros(episodes.query_item.shape, np.float32)
+    for idx, n, outs in pending:
+      pred = np.concatenate([np.asarray(o) for o in outs])[:n]
+      if idx is None:
+        out[:] = pred
+      else:
+        out[idx] = pred
+    return out
 
   def score(self, learner_or_fn, params, key, episodes: Episodes, *, ks=None) -> dict[str, float]:
     pred = self.predict(learner_or_fn, params, key, episodes)

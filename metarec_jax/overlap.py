@@ -1,6 +1,7 @@
 """What lets one run use two cores: the baselines' thread takes the learner's fits from a
-`Handoff` instead of fitting them again, and a `Deferred` compiles the learner's steps while
-the pooled network trains (protocol.train_and_evaluate)."""
+`Handoff` instead of fitting them again, a `Deferred` compiles the learner's steps while the
+pooled network trains (protocol.train_and_evaluate), and the learner's steps run a part of each
+meta-batch on the baselines' device (`training.step.PartStep`)."""
 
 from __future__ import annotations
 

@@ -215,7 +215,11 @@ class _Baselines(threading.Thread):
   def __init__(self, run: _Run, names: list[str], device, handoff: Handoff):
     super().__init__(name="baselines", daemon=True)
     st = dataclasses.replace(run.st, evaluator=run.st.evaluator.on_device(device))
-    self.names, self.error, self.stop = names, None, threading.Event()
+    # The rows that need none of the learner's fits first (the rest wait for those fits): the
+    # pooled network's steps leave the second core idle, the learner's use both.
+    waits = lambda n: bool(fits_of(n, run.st.config) & handoff.names)  # noqa: E731
+    self.names, self.order = sorted(names, key=waits), list(names)
+    self.error, self.stop = None, threading.Event()
     self.run_ = _Run(st, run.workdir, run.log, run.resume, handoff=handoff, device=device)
 
   def run(self):
@@ -230,12 +234,14 @@ class _Baselines(threading.Thread):
     if self.error is not None:
       raise self.error
     b = self.run_
-    for name in [n for n in b.results if n not in run.results]:
+    rank = lambda k: self.order.index(k) if k in self.order else len(self.order)  # noqa: E731
+    ordered = lambda src: {k: src[k] for k in sorted(src, key=rank)}  # noqa: E731
+    for name in [n for n in ordered(b.results) if n not in run.results]:
       run.results[name] = b.results[name]
     for d, src in ((run.families, b.families), (run.training, b.training), (run.timing, b.timing)):
-      d.update({k: v for k, v in src.items() if k not in d})
+      d.update({k: v for k, v in ordered(src).items() if k not in d})
     for s, curves in b.few_shot.items():
-      run.few_shot.setdefault(s, {}).update(curves)
+      run.few_shot.setdefault(s, {}).update(ordered(curves))
 
 
 def oracle_metrics(st: Setup) -> dict:

@@ -36,10 +36,9 @@ def baseline_device(overlap: bool, devices: int):
   the learner trains on the first (one device, one process); None runs them afterwards, in
   the learner's thread. A CPU device's computations wait for one another's; two devices'
   run side by side, on the two cores."""
-  if not overlap or devices != 1 or jax.process_count() > 1:
+  if not overlap or devices != 1:
     return None
-  available = jax.devices()
-  return available[1] if available[0].platform == "cpu" and len(available) > 1 else None
+  return helper_device()
 
 
 def configure(
@@ -99,6 +98,37 @@ def task_chunk(requested: int, meta_batch_size: int, mesh: Mesh | None = None) -
   if jax.default_backend() == "cpu" and mesh is None and meta_batch_size % c == 0 and c < meta_batch_size:
     return c
   return 0
+
+
+CPU_EVAL_CHUNK, ACCELERATOR_EVAL_CHUNK = 16, 128  # measured on ML-1M's validation (docs/results.md)
+
+
+def eval_chunk(requested: int) -> int:
+  """--eval_chunk, with -1 resolved for the device: small calls on CPU (less padding, a vmap that
+  stays in cache, both devices busy), large ones on accelerators."""
+  if requested > 0:
+    return requested
+  return CPU_EVAL_CHUNK if jax.default_backend() == "cpu" else ACCELERATOR_EVAL_CHUNK
+
+
+def step_parts(requested: int, meta_batch_size: int, chunk: int, mesh: Mesh | None = None, *, inner_loop: bool) -> int:
+  """--step_parts, with -1 resolved: 2 for a learner with an inner loop whose step runs on one CPU
+  device in task chunks that split evenly in two, when the process has a second CPU device for
+  the second part (`helper_device`); else 1. (A step without an inner loop, the pooled network's,
+  is too cheap to gain from a second device: measured level.)"""
+  if requested >= 1:
+    return requested
+  n = meta_batch_size // chunk if chunk and meta_batch_size % chunk == 0 else 0
+  return 2 if inner_loop and mesh is None and n >= 2 and n % 2 == 0 and helper_device() is not None else 1
+
+
+def helper_device():
+  """The second CPU device of a single-process run (where the baselines run, and a step's second
+  part: `training.step.PartStep`); None elsewhere."""
+  if jax.process_count() > 1 or jax.default_backend() != "cpu":
+    return None
+  local = jax.local_devices()
+  return local[1] if len(local) > 1 else None
 
 
 def check_divisible(meta_batch_size: int, mesh: Mesh | None) -> None:

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from metarec_jax import runtime
 from metarec_jax.config import Config
 from metarec_jax.data import load_dataset
 from metarec_jax.data.buckets import n_buckets, split_by_length
@@ -209,11 +210,13 @@ def build_setup(config: Config) -> Setup:
   example = jax.jit(featurize_episodes)(data["tables"], {k: v[:1] for k, v in scen.train.arrays().items()})
   evaluator = Evaluator(
     data["tables"],
-    chunk=config.eval_chunk,
+    chunk=runtime.eval_chunk(config.eval_chunk),
     ks=config.ndcg_ks,
     label=label,
     buckets=n_bucket,
     bucket_sizes=sizes,
+    # evaluation on both CPU devices (the same predictions): between the steps, the second is idle
+    helper=runtime.helper_device() if config.devices == 1 else None,
   )
   return Setup(
     config=config,

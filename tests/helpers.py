@@ -47,7 +47,9 @@ def fit_on(learner, params, data, scen, config, **kw):
   from metarec_jax.training.loop import fit
 
   label = scen.label
-  ev = Evaluator(data["tables"], chunk=config.eval_chunk, label=label)
+  from metarec_jax import runtime
+
+  ev = Evaluator(data["tables"], chunk=runtime.eval_chunk(config.eval_chunk), label=label)
   val = (lambda p: ev.score(learner, p, "val", scen.val, ks=VAL_KS)) if len(scen.val) else None
   select = label.select_metric if label is not None else "mae"
   return fit(learner, params, data, config, n_tasks=len(scen.train), val_score=val, select=select, **kw)

@@ -1,5 +1,6 @@
 """Length buckets (data/buckets.py): the split, the meta-gradient, and one compile per bucket."""
 
+import contextlib
 import dataclasses
 
 import jax
@@ -89,9 +90,13 @@ def test_the_order_draws_each_meta_batch_from_one_bucket_and_covers_every_task()
 def test_training_compiles_once_per_bucket(setup, monkeypatch):
   from metarec_jax.training import loop
 
-  traces = []
+  traces, parts = [], []
   real = loop.make_train_step
-  monkeypatch.setattr(loop, "make_train_step", lambda *a, **kw: real(*a, **kw, on_trace=lambda: traces.append(1)))
+  monkeypatch.setattr(
+    loop,
+    "make_train_step",
+    lambda *a, **kw: parts.append(kw["parts"]) or real(*a, **kw, on_trace=lambda: traces.append(1)),
+  )
   learner = setup.make("maml")
   config = dataclasses.replace(setup.config, epochs=3)
   loop.fit(
@@ -103,7 +108,10 @@ def test_training_compiles_once_per_bucket(setup, monkeypatch):
     val_score=None,
     select="mae",
   )
-  assert len(traces) == len(setup.data["buckets"]) >= 2  # no recompiles after the first epoch
+  # one trace per bucket and step part (the default splits a step in two parts: PartStep), none
+  # after the first epoch, though the second part runs on another device
+  assert parts == [2] and len(setup.data["buckets"]) >= 2
+  assert len(traces) == 2 * len(setup.data["buckets"])
 
 
 def test_steps_compiled_ahead_are_not_traced_again_by_the_fit(setup, monkeypatch):
@@ -116,13 +124,55 @@ def test_steps_compiled_ahead_are_not_traced_again_by_the_fit(setup, monkeypatch
   params = setup.init_params(learner)
   kw = dict(n_tasks=len(setup.scen.train), val_score=None, select="mae")
   steps = loop.make_steps(learner, setup.data, config, kw["n_tasks"], params)
+  assert steps.step_fn.parts == 2 and steps.helper == jax.devices()[1]
+  compiled = []
+  monkeypatch.setattr(
+    jax.stages.Lowered,
+    "compile",
+    lambda self, *a, real=jax.stages.Lowered.compile: compiled.append(1) or real(self, *a),
+  )
   loop.compile_steps(steps, params, config)  # what protocol's Deferred runs in its thread
-  assert len(traces) == len(setup.data["buckets"])
+  n = len(traces)
+  assert n == 2 * len(setup.data["buckets"])  # each bucket's two parts
+  assert len(compiled) == 3 * len(setup.data["buckets"])  # and the update that adds them
   fresh = lambda: jax.tree.map(jnp.copy, params)  # noqa: E731 (a fit donates its start)
-  ahead, _ = loop.fit(learner, fresh(), setup.data, config, steps=steps, **kw)
-  assert len(traces) == len(setup.data["buckets"])  # the fit stepped with the compiled steps
-  plain, _ = loop.fit(learner, fresh(), setup.data, config, **kw)
+  jax.config.update("jax_log_compiles", True)
+  try:
+    with _compile_log() as log:
+      ahead, _ = loop.fit(learner, fresh(), setup.data, config, steps=steps, **kw)
+  finally:
+    jax.config.update("jax_log_compiles", False)
+  assert len(traces) == n  # the fit stepped with the compiled steps: no trace,
+  assert not [m for m in log if "part_sums" in m or "combine" in m], log  # no compile either
+  jax.config.update("jax_log_compiles", True)
+  try:
+    with _compile_log() as log:  # a fit that makes its own steps compiles them: the log sees it
+      plain, _ = loop.fit(learner, fresh(), setup.data, config, **kw)
+  finally:
+    jax.config.update("jax_log_compiles", False)
+  assert [m for m in log if "part_sums" in m]
   jax.tree.map(np.testing.assert_array_equal, ahead, plain)
+
+
+@contextlib.contextmanager
+def _compile_log():
+  """The messages JAX logs for each compile (with `jax_log_compiles` on) while the block runs."""
+  import logging
+
+  seen = []
+
+  class Keep(logging.Handler):
+    def emit(self, record):
+      msg = record.getMessage()
+      if msg.startswith("Compiling "):
+        seen.append(msg[:80])
+
+  handler, logger = Keep(), logging.getLogger("jax._src.interpreters.pxla")
+  logger.addHandler(handler)
+  try:
+    yield seen
+  finally:
+    logger.removeHandler(handler)
 
 
 def test_the_cpu_devices_and_the_baselines_device(monkeypatch):

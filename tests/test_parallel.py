@@ -67,6 +67,67 @@ def test_task_chunks_give_the_same_update_as_one_vmap(setup, name, devices):
   chex.assert_trees_all_close(chunked.params, whole.params, rtol=1e-4, atol=1e-6)
 
 
+def _train_in_parts(setup, parts, helper, steps=6, name="maml"):
+  _, scen, model, ctx, tables = setup
+  learner = create_learner(name, model, inner_lr=0.1, inner_steps=2, adapt="head")
+  params = learner.init(jax.random.key(0), episode_batch(tables, scen.train, 1), ctx)
+  data = device_data(scen.train, tables)
+  state = create_train_state(jax.random.key(1), params, optax.adam(1e-2))
+  step = make_train_step(learner, id_dropout=0.1, redraw=True, task_chunk=2, parts=parts)
+  _, order = make_epoch_order(len(scen.train), 8)(jax.random.key(2))
+  far = None
+  if helper:
+    device = jax.devices()[1]
+    far = (device, jax.device_put(data, device), jax.device_put(order, device))
+  state, losses = run_epoch(step, state, data, order, 0, steps, None, far)
+  return state, np.asarray(losses)
+
+
+@pytest.mark.parametrize("parts", fast_first([2, 4]))
+def test_a_step_in_parts_gives_the_one_call_update_wherever_its_parts_run(setup, parts):
+  one, losses_one = _train_in_parts(setup, 1, False)
+  local, losses_local = _train_in_parts(setup, parts, False)
+  far, losses_far = _train_in_parts(setup, parts, True)
+  # Against one call: the chunks' gradients are added in another order (and id dropout and the
+  # redrawn split are the same draws, or the losses would differ far more).
+  np.testing.assert_allclose(losses_local, losses_one, rtol=2e-5, atol=1e-6)
+  chex.assert_trees_all_close(local.params, one.params, rtol=1e-4, atol=1e-5)
+  # Where the parts run changes no bit; the state stays on the first device.
+  np.testing.assert_array_equal(losses_far, losses_local)
+  jax.tree.map(np.testing.assert_array_equal, far.params, local.params)
+  assert jax.tree.leaves(far.params)[0].devices() == {jax.devices()[0]}
+  assert losses_one[0] != losses_one[-1]
+
+
+def test_a_step_in_parts_needs_whole_chunks_per_part_and_no_mesh(setup):
+  _, scen, model, ctx, tables = setup
+  learner = create_learner("maml", model, inner_lr=0.1, inner_steps=1)
+  with pytest.raises(ValueError, match="needs task chunks"):
+    make_train_step(learner, parts=2)
+  with pytest.raises(ValueError, match="does not combine with a mesh"):
+    make_train_step(learner, parts=2, task_chunk=2, mesh=runtime.task_mesh(2))
+  with pytest.raises(ValueError, match=r"meta_batch_size=8 in task chunks of 4 does not split into 3 equal parts"):
+    _train_parts_of(setup, learner, parts=3, chunk=4)
+
+
+def _train_parts_of(setup, learner, parts, chunk):
+  _, scen, model, ctx, tables = setup
+  params = learner.init(jax.random.key(0), episode_batch(tables, scen.train, 1), ctx)
+  state = create_train_state(jax.random.key(1), params, optax.adam(1e-2))
+  _, order = make_epoch_order(len(scen.train), 8)(jax.random.key(2))
+  return make_train_step(learner, task_chunk=chunk, parts=parts)(state, device_data(scen.train, tables), order)
+
+
+def test_step_parts_resolve_by_learner_and_devices():
+  assert len(jax.devices()) >= 2  # the tests' 4 host devices: a second one for the second part
+  assert runtime.step_parts(-1, 32, 4, inner_loop=True) == 2
+  assert runtime.step_parts(-1, 32, 4, inner_loop=False) == 1  # the pooled network's cheap step
+  assert runtime.step_parts(-1, 32, 0, inner_loop=True) == 1  # no task chunks
+  assert runtime.step_parts(-1, 12, 4, inner_loop=True) == 1  # 3 chunks: no even split
+  assert runtime.step_parts(-1, 32, 4, runtime.task_mesh(2), inner_loop=True) == 1
+  assert runtime.step_parts(3, 32, 4, inner_loop=False) == 3
+
+
 def test_task_chunk_must_divide_the_meta_batch(setup):
   with pytest.raises(ValueError, match=r"meta_batch_size=8 does not divide into task chunks of 3"):
     _train(setup, "maml", None, steps=1, task_chunk=3)
@@ -114,12 +175,12 @@ def test_the_fit_loop_steps_through_run_epoch_with_no_host_to_device_transfer(se
   params = learner.init(jax.random.key(0), episode_batch(tables, scen.train, 1), ctx)
   calls = []
 
-  def guarded(step_fn, state, data, order, start=0, stop=None, schedule=None):
+  def guarded(step_fn, state, data, order, start=0, stop=None, schedule=None, helper=None):
     if calls:  # the first call compiles the step
       with jax.transfer_guard_host_to_device("disallow"):
-        out = run_epoch(step_fn, state, data, order, start, stop, schedule)
+        out = run_epoch(step_fn, state, data, order, start, stop, schedule, helper)
     else:
-      out = run_epoch(step_fn, state, data, order, start, stop, schedule)
+      out = run_epoch(step_fn, state, data, order, start, stop, schedule, helper)
     calls.append((start, stop))
     return out
 

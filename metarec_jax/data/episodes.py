@@ -30,14 +30,18 @@ def featurize_episodes(tables: dict, ep: dict) -> Episode:
   return Episode(Batch(sx, ep["support_rating"], ep["support_mask"]), Batch(qx, ep["query_rating"], ep["query_mask"]))
 
 
-def drop_item_ids(rng, episode: Episode, rate: float) -> Episode:
+def drop_item_ids(rng, episode: Episode, rate: float, *, n_tasks: int | None = None, first: int = 0) -> Episode:
   """Replaces item ids by the unknown id with probability `rate` (cold-item training). A hidden
   item's co-occurrence features (made from training positives) are zeroed too, so that it looks
-  like a new item, whose co-occurrence vector is zero, in every field."""
+  like a new item, whose co-occurrence vector is zero, in every field.
+
+  `episode` may be the tasks `first..` of a batch of `n_tasks`: they get the draws the whole
+  batch's would (a step in parts hides the ids the one-call step hides)."""
 
   def drop(key, batch):
     ids = batch.x[ITEM_ID_FIELD]
-    hide = jax.random.bernoulli(key, rate, ids.shape)
+    n = ids.shape[0] if n_tasks is None else n_tasks
+    hide = jax.random.bernoulli(key, rate, (n,) + ids.shape[1:])[first : first + ids.shape[0]]
     x = dict(batch.x)
     x[ITEM_ID_FIELD] = jnp.where(hide, 0, ids)
     for name in (COOC_FIELD, COOC_SUPPORT_FIELD):
@@ -74,14 +78,18 @@ def redraw_support_query(rng, ep: dict) -> dict:
   return out
 
 
-def device_episodes(episodes: Episodes, chunk: int) -> list[dict]:
+def device_episodes(episodes: Episodes, chunk: int, devices=None) -> list[dict]:
   """The episodes in chunks of `chunk` tasks (the last padded by repeating the first tasks),
-  each chunk on the device. Sliced on the host: a device-side slice per chunk and array is
-  one dispatch each, and one compile per distinct offset."""
+  each chunk on the device (`devices`: chunk c on devices[c % len(devices)]). Sliced on the
+  host: a device-side slice per chunk and array is one dispatch each, and one compile per
+  distinct offset."""
   n_chunks = -(-len(episodes) // chunk)
   idx = np.arange(n_chunks * chunk) % len(episodes)
   arrays = episodes.arrays()
-  return [{k: jnp.asarray(v[idx[c * chunk : (c + 1) * chunk]]) for k, v in arrays.items()} for c in range(n_chunks)]
+  chunks = [{k: v[idx[c * chunk : (c + 1) * chunk]] for k, v in arrays.items()} for c in range(n_chunks)]
+  if devices is None:
+    return [{k: jnp.asarray(v) for k, v in c.items()} for c in chunks]
+  return [jax.device_put(c, devices[i % len(devices)]) for i, c in enumerate(chunks)]
 
 
 def device_data(episodes: Episodes, tables: dict) -> dict:

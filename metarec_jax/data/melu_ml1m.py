@@ -89,9 +89,13 @@ def map_rda_items(
   users, items, ratings, state_triples: dict[int, list[tuple[int, int]]], movie_ids: list[int]
 ) -> tuple[dict[int, int], dict]:
   """rda item index -> MovieID, from the state files' (movie, user, rating) triples."""
-  by_ur = collections.defaultdict(set)
-  for u, i, r in zip(users.tolist(), items.tolist(), ratings.tolist()):
-    by_ur[(u, r)].add(i)
+  # The items each (user, rating) rated: the ratings sorted by that key, a slice per key.
+  keys = users.astype(np.int64) * 8 + ratings
+  order = np.argsort(keys, kind="stable")
+  keys, by_key = keys[order], items[order].tolist()
+  firsts, starts = np.unique(keys, return_index=True)
+  ends = np.r_[starts[1:], len(keys)]
+  by_ur = {(k // 8, k % 8): set(by_key[a:b]) for k, a, b in zip(firsts.tolist(), starts.tolist(), ends.tolist())}
   cands = {}
   for m, pairs in state_triples.items():
     c = None
@@ -287,33 +291,40 @@ def load_melu_ml1m(data_dir: str) -> Dataset:
 
 def _check_states(ds, states, warm_y, user_index, movie_index) -> dict:
   """How many of each state file's (user, movie, rating) triples the rebuilt ratings contain."""
-  have = {}
-  for u, i, r in zip(ds.users.tolist(), ds.items.tolist(), ds.ratings.tolist()):
-    have[(u, i)] = r
+  # Each (user, item)'s rating: the ratings sorted by that key (the last of a repeated pair wins).
+  keys = ds.users.astype(np.int64) * ds.n_items + ds.items
+  order = np.argsort(keys, kind="stable")
+  keys, have = keys[order], ds.ratings[order]
+  last = np.r_[keys[1:] != keys[:-1], True]
+  keys, have = keys[last], have[last]
   out = {}
+  movie_of = np.full(max(movie_index) + 1, -1, np.int64)
+  movie_of[list(movie_index)] = list(movie_index.values())
   for s, (ids, ys) in states.items():
-    total = hit = 0
-    for u, movies in ids.items():
-      for m, y in zip(movies, ys[u]):
-        total += 1
-        hit += have.get((user_index[int(u)], movie_index[int(m)])) == float(y)
-    kept = sum(13 <= len(movies) <= 100 for movies in ids.values())
-    out[s] = {"users": len(ids), "users_with_13_to_100": kept, "pairs": total, "pairs_matched": hit}
+    counts = [len(movies) for movies in ids.values()]
+    u = np.repeat(np.array([user_index[int(x)] for x in ids], np.int64), counts)
+    i = movie_of[np.array([int(m) for movies in ids.values() for m in movies], np.int64)]
+    y = np.array([float(v) for x in ids for v in ys[x]], np.float64)
+    q = u * ds.n_items + i
+    pos = np.minimum(np.searchsorted(keys, q), max(len(keys) - 1, 0))
+    hit = int(np.sum((keys[pos] == q) & (have[pos] == y))) if len(keys) else 0
+    kept = sum(13 <= n <= 100 for n in counts)
+    out[s] = {"users": len(ids), "users_with_13_to_100": kept, "pairs": len(q), "pairs_matched": hit}
   # warm_state.json (the movie ids) is not available: compare each warm user's rebuilt ratings
-  # on existing items with warm_state_y.json as multisets of ratings.
+  # on existing items with warm_state_y.json as multisets of ratings (counts of each value).
   new_item = np.zeros(ds.n_items, bool)
   for s in ("item_cold_state", "user_and_item_cold_state"):
     for ms in states[s][0].values():
       new_item[[movie_index[int(m)] for m in ms]] = True
-  by_user = collections.defaultdict(list)
-  for u, i, r in zip(ds.users.tolist(), ds.items.tolist(), ds.ratings.tolist()):
-    if not new_item[i]:
-      by_user[u].append(int(r))
+  old = ~new_item[ds.items]
+  values = np.unique(np.concatenate([ds.ratings[old], [float(y) for ys in warm_y.values() for y in ys]]))
+  mine = np.zeros((ds.n_users, len(values)), np.int64)
+  np.add.at(mine, (ds.users[old], np.searchsorted(values, ds.ratings[old])), 1)
   same = pairs = pairs_same = 0
   for u, ys in warm_y.items():
-    mine = sorted(by_user.get(user_index[int(u)], []))
+    theirs = np.bincount(np.searchsorted(values, np.array(ys, np.float64)), minlength=len(values))
     pairs += len(ys)
-    if mine == sorted(ys):
+    if np.array_equal(mine[user_index[int(u)]], theirs):
       same += 1
       pairs_same += len(ys)
   out["warm_state"] = {

@@ -11,6 +11,7 @@ ridge solution on the support. Adaptation without any meta-training.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -86,6 +87,25 @@ def content_ridge_predict(
     K[np.diag_indices_from(K)] += reg
     K_inv = ctx.memo[inv_key] = np.linalg.inv(K)
   return G @ (K_inv @ Y)
+
+
+def spd_solve(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+  """x with a x = b for a symmetric positive definite a [n, n] and b [n]: Gauss-Jordan
+  elimination without pivoting (stable for SPD matrices), in plain XLA ops.
+
+  Not `jnp.linalg.solve`: on CPU that is a LAPACK call that waits for sub-tasks inside XLA's
+  intra-op thread pool, which has as many threads as cores; two devices each in such a wait at
+  once (the baselines' device and the learner's, or a split evaluation) leave no thread to run
+  the sub-tasks, and the process hangs (seen on this 2-core machine)."""
+  n = a.shape[-1]
+  m = jnp.concatenate([a, b[:, None]], axis=1)
+
+  def eliminate(k, m):
+    row = m[k] / m[k, k]
+    m = m - m[:, k, None] * row[None, :]
+    return m.at[k].set(row)
+
+  return jax.lax.fori_loop(0, n, eliminate, m)[:, n]
 
 
 def fit_biases(ctx: FitContext, reg_user: float, reg_item: float, iters: int = 15):
@@ -182,7 +202,7 @@ def make_foldin(
     phi = jnp.concatenate([params["item_factors"][items], jnp.ones(items.shape + (1,))], axis=-1)
     penalty = jnp.concatenate([jnp.full((k,), params["reg"]), params["reg_user"][None]])
     A = (phi * m[:, None]).T @ phi + jnp.diag(penalty)
-    z = jnp.linalg.solve(A, phi.T @ resid)
+    z = spd_solve(A, phi.T @ resid)
     return {"user_factors": z[:k], "user_bias": z[k]}
 
   def predict(params, state, x):

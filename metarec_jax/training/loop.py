@@ -18,10 +18,12 @@ from metarec_jax import progress as progress_lib
 from metarec_jax import runtime, writers
 from metarec_jax.checkpoint import FitCheckpoints
 from metarec_jax.learners import Learner
+from metarec_jax.learners.registry import names
 from metarec_jax.learners.stacked import frozen_mask
 from metarec_jax.training.state import FitState, Progress, create_train_state
-from metarec_jax.training.step import make_epoch_order, make_train_step, run_epoch
+from metarec_jax.training.step import PartStep, make_epoch_order, make_train_step, run_epoch
 
+INNER_LOOP = names(lambda s: s.inner_loop)  # learners whose step adapts every task by gradient steps
 # Validation metrics copied into each epoch's metrics.jsonl line.
 LOGGED_VAL = ("mae", "rmse", "ndcg@3", "logloss", "auc", "ndcg@5")
 
@@ -96,7 +98,8 @@ def fit(
 class TrainSteps:
   """What a fit steps with: the jitted step, the epoch's order (key -> (next key, order, the
   bucket of each row or None)), the data of each bucket (a list) or of the split, the
-  meta-batches per epoch, the mesh and the optimiser (one object: the step is traced for it)."""
+  meta-batches per epoch, the mesh, the optimiser (one object: the step is traced for it), and
+  for a step in parts (`step.PartStep`) the device its far parts may run on."""
 
   step_fn: Callable
   order_fn: Callable
@@ -104,6 +107,20 @@ class TrainSteps:
   n_batches: int
   mesh: Any
   tx: optax.GradientTransformation
+  helper: Any = None
+  _far_data: Any = None
+
+  def far_data(self):
+    """`step_data` on the helper device (copied once; the buckets share one copy of the tables)."""
+    if self._far_data is None:
+      if isinstance(self.step_data, list):
+        tables = jax.device_put(self.step_data[0]["tables"], self.helper)
+        self._far_data = [
+          {"episodes": jax.device_put(d["episodes"], self.helper), "tables": tables} for d in self.step_data
+        ]
+      else:
+        self._far_data = jax.device_put(self.step_data, self.helper)
+    return self._far_data
 
 
 def make_steps(learner: Learner, data: dict, config, n_tasks: int, params) -> TrainSteps:
@@ -112,36 +129,54 @@ def make_steps(learner: Learner, data: dict, config, n_tasks: int, params) -> Tr
   runtime.check_divisible(B, mesh)
   data = runtime.replicate(data, mesh)
   tx = make_optimizer(config, params)
+  chunk = runtime.task_chunk(config.task_chunk, B, mesh)
+  parts = runtime.step_parts(config.step_parts, B, chunk, mesh, inner_loop=learner.name in INNER_LOOP)
   step_fn = make_train_step(
     learner,
     id_dropout=config.id_dropout,
     redraw=config.redraw,
     mesh=mesh,
-    task_chunk=runtime.task_chunk(config.task_chunk, B, mesh),
+    task_chunk=chunk,
+    parts=parts,
   )
+  helper = runtime.helper_device() if parts > 1 else None
   if data.get("buckets"):  # --length_buckets: each meta-batch from one bucket, its own padding
     from metarec_jax.data.buckets import make_bucket_order
 
     counts = [int(e["user"].shape[0]) for e in data["buckets"]]
     order_fn = make_bucket_order(counts, B, mesh)  # (key, order, bucket of each row)
     step_data = [{"episodes": e, "tables": data["tables"]} for e in data["buckets"]]
-    return TrainSteps(step_fn, order_fn, step_data, sum(-(-c // B) for c in counts), mesh, tx)
+    return TrainSteps(step_fn, order_fn, step_data, sum(-(-c // B) for c in counts), mesh, tx, helper)
   plain_order = make_epoch_order(n_tasks, B, mesh)
   order_fn = lambda key: (*plain_order(key), None)  # noqa: E731
-  return TrainSteps(step_fn, order_fn, data, -(-n_tasks // B), mesh, tx)
+  return TrainSteps(step_fn, order_fn, data, -(-n_tasks // B), mesh, tx, helper)
 
 
 def _start_state(steps: TrainSteps, params, config):
-  return create_train_state(jax.random.key(config.seed + 1), params, steps.tx)
+  state = create_train_state(jax.random.key(config.seed + 1), params, steps.tx)
+  if steps.mesh is None:  # committed where the data is, as every later step's state is: one compile
+    data = steps.step_data[0] if isinstance(steps.step_data, list) else steps.step_data
+    state = jax.device_put(state, next(iter(jax.tree.leaves(data)[0].devices())))
+  return state
 
 
 def compile_steps(steps: TrainSteps, params, config) -> None:
-  """Traces, lowers and compiles the step of every bucket for `params`' shapes, so that a fit
-  with these `steps` starts stepping at once (a thread can do this while another fit runs)."""
+  """Traces, lowers and compiles the step of every bucket for `params`' shapes (a step in parts:
+  on both of its devices), so that a fit with these `steps` starts stepping at once (a thread can
+  do this while another fit runs)."""
   train = runtime.replicate(_start_state(steps, params, config), steps.mesh)
   _, order, _ = steps.order_fn(jax.random.key(config.seed + 2))
-  for d in steps.step_data if isinstance(steps.step_data, list) else [steps.step_data]:
-    steps.step_fn.lower(train, d, order).compile()
+  datas = steps.step_data if isinstance(steps.step_data, list) else [steps.step_data]
+  if not isinstance(steps.step_fn, PartStep):
+    for d in datas:
+      steps.step_fn.lower(train, d, order).compile()
+    return
+  fars, far_order = [None] * len(datas), None
+  if steps.helper is not None:
+    fars = steps.far_data() if isinstance(steps.step_data, list) else [steps.far_data()]
+    far_order = jax.device_put(order, steps.helper)
+  for d, f in zip(datas, fars):
+    steps.step_fn.compile(train, d, order, None if f is None else (steps.helper, f, far_order))
 
 
 def _fit(
@@ -219,6 +254,7 @@ def _fit(
     epoch, t0 = prog.epoch, time.perf_counter()
     next_key, order, schedule = order_fn(state.epoch_key)
     schedule = None if schedule is None else np.asarray(schedule)  # one transfer an epoch
+    helper = None if steps.helper is None else (steps.helper, steps.far_data(), jax.device_put(order, steps.helper))
     losses, row = list(prog.losses), prog.row
     while row < n_batches:  # segments between mid-epoch checkpoints (and the testing exit)
       first = (epoch - 1) * n_batches + row  # steps done before this segment
@@ -227,7 +263,7 @@ def _fit(
         stop = min(stop, (first // ckpt.every + 1) * ckpt.every - (epoch - 1) * n_batches)
       if exit_at_step is not None and first < exit_at_step:
         stop = min(stop, exit_at_step - (epoch - 1) * n_batches)
-      train, seg = run_epoch(step_fn, state.train, step_data, order, row, stop, schedule)
+      train, seg = run_epoch(step_fn, state.train, step_data, order, row, stop, schedule, helper)
       state, row = state.replace(train=train), stop
       losses += [float(x) for x in np.asarray(seg)]
       step = (epoch - 1) * n_batches + row

@@ -23,6 +23,7 @@ def make_train_step(
   redraw: bool = False,
   mesh=None,
   task_chunk: int = 0,
+  parts: int = 1,
   on_trace: Callable[[], None] | None = None,
 ) -> Callable:
   """meta_train_step(state, data, order) -> (state, aux), jitted once, state donated.
@@ -35,23 +36,41 @@ def make_train_step(
   `task_chunk` (0: the whole meta-batch at once) vmaps over chunks of that many tasks
   inside a `lax.scan` and averages their meta-gradients: the same update (every chunk
   has the same size), with smaller batched matmuls, which is faster on CPU.
+  `parts` > 1 (with task chunks, no mesh): a `PartStep`, the chunks' gradients in that many
+  calls, each of which can run on another device (`PartStep.__call__`).
   `on_trace` is called each time the step is traced (to count compiles).
   """
 
-  def loss_and_grads(params, episode, key):
-    grad_fn = jax.value_and_grad(learner.meta_loss, has_aux=True)
+  def batch_of(rng, step_no, data, order):
+    """The row's meta-batch (redrawn with --redraw) and the step's loss and dropout keys."""
+    key = jax.random.fold_in(rng, step_no)
+    loss_key, drop_key, split_key = jax.random.split(key, 3)
+    idx = order[step_no % order.shape[0]]
+    batch = jax.tree.map(lambda a: a[idx], data["episodes"])
+    if mesh is not None:
+      batch = jax.lax.with_sharding_constraint(batch, runtime.task_sharded(mesh))
+    if redraw:
+      batch = redraw_support_query(split_key, batch)
+    return batch, loss_key, drop_key
+
+  def featurize(data, batch, drop_key, rows=None):
+    """`rows` (start, stop): those tasks of the batch only, with the whole batch's id dropout."""
+    n = batch["user"].shape[0]
+    if rows is not None:
+      batch = jax.tree.map(lambda a: a[rows[0] : rows[1]], batch)
+    episode = featurize_episodes(data["tables"], batch)
+    if id_dropout > 0 and ITEM_ID_FIELD in data["tables"]:
+      episode = drop_item_ids(drop_key, episode, id_dropout, n_tasks=n, first=0 if rows is None else rows[0])
+    return episode
+
+  grad_fn = jax.value_and_grad(learner.meta_loss, has_aux=True)
+
+  def chunk_sums(params, episode, key, first_chunk):
+    """Sums of the (aux, meta-gradient) of `episode`'s task chunks, numbered from `first_chunk`
+    (each chunk's key is `key` folded with its number)."""
     B = episode.query.y.shape[0]
-    if not task_chunk or task_chunk >= B:
-      (_, aux), grads = grad_fn(params, episode, key)
-      return aux, grads
-    if B % task_chunk:
-      raise ValueError(f"meta_batch_size={B} does not divide into task chunks of {task_chunk}")
     chunks = jax.tree.map(lambda a: a.reshape((B // task_chunk, task_chunk) + a.shape[1:]), episode)
     if mesh is not None:
-      if task_chunk % mesh.size:
-        raise ValueError(
-          f"task_chunk={task_chunk} does not divide by the {mesh.size} devices the task axis is sharded over"
-        )
       chunks = jax.lax.with_sharding_constraint(chunks, runtime.chunk_sharded(mesh))
 
     def body(acc, xs):
@@ -59,34 +78,117 @@ def make_train_step(
       (_, aux), grads = grad_fn(params, chunk, jax.random.fold_in(key, i))
       return jax.tree.map(jnp.add, acc, (aux, grads)), None
 
-    n = B // task_chunk
     zero = jax.tree.map(
       jnp.zeros_like, jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda a: a[0], chunks), key))
     )
-    (aux, grads), _ = jax.lax.scan(body, (zero[0][1], zero[1]), (jnp.arange(n), chunks))
+    n = B // task_chunk
+    (aux, grads), _ = jax.lax.scan(body, (zero[0][1], zero[1]), (first_chunk + jnp.arange(n), chunks))
+    return aux, grads
+
+  def loss_and_grads(params, episode, key):
+    B = episode.query.y.shape[0]
+    if not task_chunk or task_chunk >= B:
+      (_, aux), grads = grad_fn(params, episode, key)
+      return aux, grads
+    if B % task_chunk:
+      raise ValueError(f"meta_batch_size={B} does not divide into task chunks of {task_chunk}")
+    if mesh is not None and task_chunk % mesh.size:
+      raise ValueError(
+        f"task_chunk={task_chunk} does not divide by the {mesh.size} devices the task axis is sharded over"
+      )
+    n = B // task_chunk
+    aux, grads = chunk_sums(params, episode, key, 0)
     return jax.tree.map(lambda a: a / n, aux), jax.tree.map(lambda g: g / n, grads)
+
+  def update(state, aux, grads):
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), aux
 
   def step(state: MetaTrainState, data: dict, order: jnp.ndarray):
     if on_trace is not None:
       on_trace()
     runtime.check_divisible(order.shape[1], mesh)
-    key = jax.random.fold_in(state.rng, state.step)
-    loss_key, drop_key, split_key = jax.random.split(key, 3)
-    idx = order[state.step % order.shape[0]]
-    batch = jax.tree.map(lambda a: a[idx], data["episodes"])
-    if mesh is not None:
-      batch = jax.lax.with_sharding_constraint(batch, runtime.task_sharded(mesh))
-    if redraw:
-      batch = redraw_support_query(split_key, batch)
-    episode = featurize_episodes(data["tables"], batch)
-    if id_dropout > 0 and ITEM_ID_FIELD in data["tables"]:
-      episode = drop_item_ids(drop_key, episode, id_dropout)
-    aux, grads = loss_and_grads(state.params, episode, loss_key)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), aux
+    batch, loss_key, drop_key = batch_of(state.rng, state.step, data, order)
+    aux, grads = loss_and_grads(state.params, featurize(data, batch, drop_key), loss_key)
+    return update(state, aux, grads)
 
-  return jax.jit(step, donate_argnums=0)
+  if parts <= 1:
+    return jax.jit(step, donate_argnums=0)
+  if mesh is not None:
+    raise ValueError("a step in parts runs each part on one device; it does not combine with a mesh")
+  if not task_chunk:
+    raise ValueError(f"a step in {parts} parts needs task chunks (--task_chunk)")
+
+  def part_sums(params, rng, step_no, data, order, part):
+    """(aux, meta-gradient) sums of one part's share of the row's task chunks."""
+    if on_trace is not None:
+      on_trace()
+    B = order.shape[1]
+    n = B // task_chunk if B % task_chunk == 0 else 0
+    if n < parts or n % parts:
+      raise ValueError(
+        f"meta_batch_size={B} in task chunks of {task_chunk} does not split into {parts} equal parts of whole chunks"
+      )
+    per = n // parts
+    batch, loss_key, drop_key = batch_of(rng, step_no, data, order)
+    rows = (part * per * task_chunk, (part + 1) * per * task_chunk)
+    return chunk_sums(params, featurize(data, batch, drop_key, rows), loss_key, part * per)
+
+  def combine(state, sums, order):
+    """The update from every part's sums, added in part order (wherever each part ran)."""
+    aux, grads = sums[0]
+    for a, g in sums[1:]:
+      aux, grads = jax.tree.map(jnp.add, aux, a), jax.tree.map(jnp.add, grads, g)
+    n = order.shape[1] // task_chunk
+    return update(state, jax.tree.map(lambda a: a / n, aux), jax.tree.map(lambda g: g / n, grads))
+
+  return PartStep(part_sums, combine, parts)
+
+
+class PartStep:
+  """The meta-train step in `parts` calls: each sums the meta-gradients of its share of the
+  meta-batch's task chunks (the same chunks, keys and id dropout as the one-call step), and one
+  update adds the parts' sums in part order. Which device runs a part does not change a bit of
+  the result (tested): the fit runs the parts after the first on the process's second CPU device
+  (`runtime.helper_device`), side by side with the first. Against the one-call step only the
+  order in which the chunks' gradients are added differs.
+
+  `step(state, data, order, helper=None)`: with `helper` = (device, data, order on that device),
+  parts 1.. run there: the parameters, key and step count go to it each step and its sums come
+  back (device-to-device copies; nothing crosses from the host).
+  """
+
+  def __init__(self, part_sums: Callable, combine: Callable, parts: int):
+    self.parts = parts
+    self.part_sums = jax.jit(part_sums, static_argnums=5)
+    self.combine = jax.jit(combine, donate_argnums=0)
+
+  def _inputs(self, state, helper):
+    """(arguments of each part's call), placed where the part runs."""
+    here = (state.params, state.rng, state.step)
+    if helper is None:
+      return [here] * self.parts, None
+    device, far_data, far_order = helper
+    far = jax.device_put(here, device)
+    return [here] + [far] * (self.parts - 1), (far_data, far_order)
+
+  def __call__(self, state: MetaTrainState, data: dict, order: jnp.ndarray, helper=None):
+    args, far = self._inputs(state, helper)
+    # the far parts first: they run while this device computes part 0
+    sums = [self.part_sums(*args[p], *(far or (data, order)), p) for p in range(1, self.parts)]
+    if far is not None:
+      sums = jax.device_put(sums, next(iter(order.devices())))
+    sums = [self.part_sums(*args[0], data, order, 0)] + sums
+    return self.combine(state, sums, order)
+
+  def compile(self, state: MetaTrainState, data: dict, order: jnp.ndarray, helper=None) -> None:
+    """Compiles the calls `__call__` makes with these arguments, without running them."""
+    args, far = self._inputs(state, helper)
+    near = self.part_sums.lower(*args[0], data, order, 0).compile()
+    for p in range(1, self.parts):
+      self.part_sums.lower(*args[p], *(far or (data, order)), p).compile()
+    self.combine.lower(state, [near.out_info] * self.parts, order).compile()
 
 
 def make_epoch_order(n_tasks: int, meta_batch_size: int, mesh=None) -> Callable:
@@ -111,14 +213,23 @@ def run_epoch(
   start: int = 0,
   stop: int | None = None,
   schedule=None,
+  helper=None,
 ):
   """Runs one step per row `start..stop` of `order` (default: every row); returns the state and
   those rows' losses, a [rows] device array. Nothing crosses from the host per step: the
   step picks its row from `state.step`. With length buckets, `data` is the list of the buckets'
-  data and `schedule` (host ints) the bucket of each row."""
+  data and `schedule` (host ints) the bucket of each row. `helper` = (device, its copy of
+  `data`, its copy of `order`): a `PartStep` runs its far parts there."""
   stop = order.shape[0] if stop is None else stop
   losses = []
   for r in range(start, stop):
-    state, aux = step_fn(state, data if schedule is None else data[schedule[r]], order)
+    d = data if schedule is None else data[schedule[r]]
+    if helper is None:
+      state, aux = step_fn(state, d, order)
+    else:
+      device, far_data, far_order = helper
+      state, aux = step_fn(
+        state, d, order, (device, far_data if schedule is None else far_data[schedule[r]], far_order)
+      )
     losses.append(aux["loss"])
   return state, (jnp.stack(losses) if losses else jnp.zeros((0,), jnp.float32))
