@@ -30,16 +30,30 @@ import time
 import numpy as np
 
 
-def _setup(o):
+def _config(o):
+  """The dataset's default run config; one clear error unless it is what the torch reference
+  implements (MAML on the content model, no base)."""
   from metarec_jax.config import resolve
-  from metarec_jax.setup import build_setup
 
   over = {"dataset": o.dataset, "seed": o.seed, "length_buckets": o.length_buckets}
   if getattr(o, "workload_inner_steps", 0):
     over["inner_steps"] = o.workload_inner_steps
   if o.data_dir:
     over["data_dir"] = o.data_dir
-  return build_setup(resolve("default", over))
+  config = resolve("default", over)
+  if config.model != "content" or config.base or config.learner != "maml":
+    raise ValueError(
+      f"--suite=workload times MAML on the content model, which the torch reference implements; "
+      f"--dataset={o.dataset}'s default run is --learner={config.learner} --model={config.model}"
+      f"{f' --base={config.base}' if config.base else ''} (use ml-1m or ml-100k)"
+    )
+  return config
+
+
+def _setup(o):
+  from metarec_jax.setup import build_setup
+
+  return build_setup(_config(o))
 
 
 def jax_epoch(o) -> dict:
@@ -201,12 +215,51 @@ def torch_loops(o, threads: int) -> dict:
   return out
 
 
+def validation_pass(o, chunks=(128, 16), reps: int = 3) -> dict:
+  """Seconds of one validation pass (every validation scenario, the run's `val_score`) of the
+  default learner, by evaluation chunk and on one device or alternating between two (median of
+  `reps` after a warm-up pass); the predictions agree to float rounding whatever the chunk."""
+  import dataclasses
+
+  import jax
+
+  from metarec_jax.evaluate import Evaluator
+
+  st = _setup(o)
+  learner = st.make(st.config.learner)
+  params = st.init_params(learner)
+  ev, out = st.evaluator, {}
+  two = ev.devices[1:]  # the helper device, when the run has one
+  for chunk in chunks:
+    for devices in (1, 2) if two else (1,):
+      e = Evaluator(
+        ev.tables,
+        chunk=chunk,
+        ks=ev.ks,
+        label=ev.label,
+        buckets=ev.buckets,
+        bucket_sizes=ev.bucket_sizes,
+        helper=two[0] if devices == 2 else None,
+      )
+      run = dataclasses.replace(st, evaluator=e)
+      run.val_score(learner, params)
+      times = []
+      for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(run.val_score(learner, params))
+        times.append(time.perf_counter() - t0)
+      out[f"chunk_{chunk}_devices_{devices}_s"] = float(np.median(times))
+  out["tasks"] = len(st.scen.val) + sum(len(e) for e in st.scen.val_cold.values())
+  return out
+
+
 def workload(o) -> dict:
   """The suite: per core and for the whole machine, JAX against torch (module docstring)."""
+  _config(o)  # its error before any child process starts
   cores = len(os.sched_getaffinity(0))
   res = {"dataset": o.dataset, "cores": cores}
   res["per_core"] = {"jax": _jax_pinned(o, 1), "torch": torch_loops(o, 1)}
-  res["whole_machine"] = {"jax": jax_epoch(o), "torch": torch_loops(o, cores)}
+  res["whole_machine"] = {"jax": jax_epoch(o), "torch": torch_loops(o, cores), "validation": validation_pass(o)}
   for scope in ("per_core", "whole_machine"):
     r = res[scope]
     variants = [v for v in ("padded", "buckets", "buckets_2dev") if v in r["jax"]]

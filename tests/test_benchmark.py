@@ -175,3 +175,46 @@ def test_growth_suite_reports_each_phase(tmp_path):
       assert r[phase]["s"] > 0 and r[phase]["peak_host_mb"] > 0
     assert r["epoch"]["finite"] and r["epoch"]["steps"] == -(-r["n_train_tasks"] // 16)
   assert rows[1]["n_ratings"] > rows[0]["n_ratings"]
+
+
+@pytest.mark.slow
+def test_workload_suite_on_real_tasks_checks_gradients_and_labels_each_scope(tmp_path, shared_data_dir):
+  """ml-100k, 1 inner step, 2 buckets, 1 timed torch meta-batch: the shape of the JSON, one compile
+  per bucket (per part on two devices), the gradient check, and the ratio it reports."""
+  out = tmp_path / "workload.json"
+  done = run_binary(
+    "experiments.benchmark",
+    "--suite=workload",
+    "--dataset=ml-100k",
+    f"--data_dir={shared_data_dir}",
+    "--workload_batches=1",
+    "--workload_inner_steps=1",
+    "--length_buckets=2",
+    f"--out={out}",
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  res = json.loads(out.read_text())
+  w = res["workload"]
+  assert res["speedup_vs_melu_style"] == w["per_core"]["speedup_vs_melu_style"]
+  for scope, threads in (("per_core", 1), ("whole_machine", w["cores"])):
+    r = w[scope]
+    jx, torch = r["jax"], r["torch"]
+    assert torch["threads"] == threads and torch["batches"] == 1
+    assert torch["grad_check"]["melu_style"]["ok"] and torch["grad_check"]["padded"]["ok"]
+    assert (jx["learner"], jx["inner_steps"], jx["adapt"], jx["meta_batch_size"]) == ("maml", 1, "head", 32)
+    assert len(jx["bucket_sizes"]) == 2 and jx["padded"]["compiles"] == 1 and jx["buckets"]["compiles"] == 2
+    assert 0 < jx["buckets"]["share_of_gemm_ceiling"] < 1
+    best = jx[r["jax_variant"]]["s_per_task"]
+    assert best == min(jx[v]["s_per_task"] for v in ("padded", "buckets", "buckets_2dev") if v in jx)
+    assert r["speedup_vs_melu_style"] == pytest.approx(torch["melu_style"]["s_per_task"] / best)
+  two = w["whole_machine"]["jax"]["buckets_2dev"]  # the tests' fake devices give the run a second one
+  assert two["devices"] == 2 and two["compiles"] == 4 and two["steps"] == w["whole_machine"]["jax"]["buckets"]["steps"]
+  val = w["whole_machine"]["validation"]
+  assert val["tasks"] > 0 and all(val[f"chunk_{c}_devices_{d}_s"] > 0 for c in (128, 16) for d in (1, 2))
+
+
+def test_workload_suite_refuses_a_dataset_whose_default_run_the_torch_reference_cannot_run(tmp_path):
+  done = run_binary("experiments.benchmark", "--suite=workload", "--dataset=synthetic", f"--out={tmp_path / 'w.json'}")
+  assert done.returncode == 2 and "Traceback" not in done.stderr
+  assert "--dataset=synthetic's default run is --learner=maml --model=cf --base=als_foldin" in done.stderr
+  assert not (tmp_path / "w.json").exists()

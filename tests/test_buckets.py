@@ -189,6 +189,15 @@ def test_the_cpu_devices_and_the_baselines_device(monkeypatch):
   assert runtime.baseline_device(False, 1) is None and runtime.baseline_device(True, 2) is None
 
 
+def test_malloc_arenas_are_capped_unless_the_environment_sets_them(monkeypatch):
+  from metarec_jax import runtime
+
+  monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+  assert runtime.limit_malloc_arenas() is True  # glibc on Linux: mallopt accepted the cap
+  monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # glibc read it at start-up: left to it
+  assert runtime.limit_malloc_arenas() is False
+
+
 def test_the_device_defaults_resolve_by_data_size_and_backend():
   from metarec_jax import runtime
   from metarec_jax.data.buckets import n_buckets
