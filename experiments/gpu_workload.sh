@@ -25,12 +25,16 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || 
 import jax
 print("jax", jax.__version__, jax.devices())
 assert jax.default_backend() == "gpu", f"no GPU backend: {jax.devices()}"
+import importlib.util
+missing = [m for m in ("flax", "optax", "orbax.checkpoint", "absl", "numpy", "pandas", "rdata", "torch")
+           if importlib.util.find_spec(m.split(".")[0]) is None]
+assert not missing, f"missing Python packages: {', '.join(missing)} (install them, or carry them on PYTHONPATH)"
 PY
 "$PY" -m experiments.benchmark --suite=workload --dataset=ml-1m --data_dir="$DATA_DIR" \
   --out="$OUT/workload_ml1m_gpu.json" >"$OUT/workload.log" 2>&1
 "$PY" - "$OUT/workload_ml1m_gpu.json" "$PEAK_FLOPS" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[1]))
+r = json.load(open(sys.argv[1]))["workload"]
 peak = float(sys.argv[2])
 j = r["whole_machine"]["jax"]
 line = {"part": "workload", "speedup_vs_melu_style": r["whole_machine"]["speedup_vs_melu_style"],
