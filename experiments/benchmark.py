@@ -23,13 +23,16 @@ from metarec_jax import bench_suites
 flags.DEFINE_enum(
   "suite",
   "custom",
-  ["custom", "targets", "scaling", "gpu", "growth", "growth_one", "workload", "workload_one"],
-  "What to run (workload: the default learner on --dataset's real training tasks).",
+  ["custom", "targets", "scaling", "gpu", "growth", "growth_one", "workload", "workload_one", "workload_trace"],
+  "What to run (workload: the default learner on --dataset's real training tasks; workload_trace: a "
+  "profiler trace of the default run's steps there, and its XLA ops' time by kind).",
 )
 flags.DEFINE_string("dataset", "ml-1m", "Dataset of the workload suite.")
 flags.DEFINE_integer("length_buckets", 4, "Workload suite: also time the epoch with this many length buckets (0: not).")
 flags.DEFINE_integer("workload_batches", 10, "Workload suite: meta-batches the torch loops are timed on.")
 flags.DEFINE_integer("workload_cores", 0, "Pin this process to its first N cores before JAX starts (0: all).")
+flags.DEFINE_string("trace_dir", "runs/trace", "--suite=workload_trace: where the profiler trace goes.")
+flags.DEFINE_integer("trace_steps", 40, "--suite=workload_trace: training steps traced (after as many untimed).")
 flags.DEFINE_integer("workload_inner_steps", 0, "Workload suite: inner steps of the learner (0: the run's default, 5).")
 flags.DEFINE_list("learners", ["maml"], "Learners (custom suite).")
 flags.DEFINE_enum("model", "content", ["content"], "Recommender model.")

@@ -292,11 +292,19 @@ def run(o, command: str) -> dict:
 
   if getattr(o, "workload_cores", 0):  # before the backend starts: XLA sizes its pool from the mask
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: o.workload_cores])
+  if o.suite == "workload_trace":  # XLA reads its flags when the backend starts
+    from metarec_jax.bench_workload import TRACEME_FLAG
+
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TRACEME_FLAG}".strip()
   cache = tempfile.mkdtemp(prefix="metarec-bench-cache-") if o.cold_compile else o.compilation_cache_dir
   runtime.configure(compilation_cache_dir=cache, distributed=o.distributed)
   t_start = time.perf_counter()
   result = {"command": command, "suite": o.suite, "machine": machine(), "peak_flops": o.peak_flops or None}
-  if o.suite in ("workload", "workload_one"):
+  if o.suite == "workload_trace":
+    from metarec_jax import bench_workload
+
+    result["trace"] = bench_workload.trace_steps(o)
+  elif o.suite in ("workload", "workload_one"):
     from metarec_jax import bench, bench_workload
 
     if o.suite == "workload_one":  # the pinned child of the workload suite

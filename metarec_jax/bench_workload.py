@@ -269,3 +269,131 @@ def workload(o) -> dict:
     r["speedup_vs_padded_loop"] = r["torch"]["padded"]["s_per_task"] / best
   res["speedup_vs_melu_style"] = res["per_core"]["speedup_vs_melu_style"]
   return res
+
+
+TRACEME_FLAG = "--xla_cpu_enable_xprof_traceme=true"  # XLA's CPU runtime then records each op
+
+# An XLA op's kind from its instruction name (the trace's event name, numeric suffix dropped).
+_OP_KINDS = (
+  ("matmul", ("ynn", "dot", "gemm", "convolution", "xnn", "onednn")),
+  ("scatter", ("scatter",)),
+  ("gather / slice", ("gather", "slice")),
+  ("reduce", ("reduce",)),
+  ("copy / transpose", ("copy", "transpose", "concatenate", "pad", "broadcast")),
+)
+_RUNTIME = ("$", "end: ", "shard_args")  # Python frames, end markers, JAX's argument sharding
+
+
+def op_kind(name: str) -> str | None:
+  """The kind of an XLA op event of a CPU trace (HLO names: lower case, `kind_fusion.12`); None
+  for the runtime's own events (CamelCase C++ scopes, Python frames)."""
+  if not name or name[0].isupper() or name.startswith(_RUNTIME) or "::" in name or " " in name:
+    return None
+  base = name.split(".")[0].lower()
+  for kind, keys in _OP_KINDS:
+    if any(k in base for k in keys):
+      return kind
+  return "element-wise fusions, other"
+
+
+def op_seconds(events) -> dict:
+  """Seconds of each op kind in perfetto "X" events, counting each op's own time (an op's
+  nested ops are subtracted, per thread), and the number of op events."""
+  by_thread: dict = {}
+  for e in events:
+    if e.get("ph") == "X" and op_kind(e.get("name", "")) is not None:
+      by_thread.setdefault((e.get("pid"), e.get("tid")), []).append(e)
+  out, n = {}, 0
+  for evs in by_thread.values():
+    evs.sort(key=lambda e: (e["ts"], -e.get("dur", 0)))
+    stack = []  # [end, kind, own time]
+    for e in evs + [None]:
+      while stack and (e is None or e["ts"] >= stack[-1][0]):
+        end, kind, own = stack.pop()
+        out[kind] = out.get(kind, 0.0) + own / 1e6
+      if e is None:
+        break
+      dur = float(e.get("dur", 0))
+      if stack:
+        stack[-1][2] -= dur
+      stack.append([e["ts"] + dur, op_kind(e["name"]), dur])
+      n += 1
+  return {"seconds": out, "events": n}
+
+
+def trace_steps(o) -> dict:
+  """A profiler trace of the default run's training steps on the real tasks, built as the run
+  builds them (`loop.make_steps`: its buckets, chunks and parts), and the time its XLA ops take
+  by kind. `--trace_steps` rows of the epoch order are traced after as many untimed ones; the
+  trace (TensorBoard and perfetto files) goes to `--trace_dir`. Needs XLA's per-op trace events
+  (`TRACEME_FLAG` in XLA_FLAGS, which `bench_suites.run` adds)."""
+  import glob
+  import gzip
+
+  import jax
+
+  from metarec_jax import bench
+  from metarec_jax.training.loop import _start_state, compile_steps, make_steps
+  from metarec_jax.training.step import make_train_step, run_epoch
+
+  st = _setup(o)
+  c = st.config
+  learner = st.make(c.learner)
+  host = jax.tree.map(np.asarray, st.init_params(learner))  # the step donates its state: fresh copies
+
+  def params():
+    return jax.tree.map(jax.numpy.asarray, host)
+
+  steps = make_steps(learner, st.data, c, len(st.scen.train), params())
+  compile_steps(steps, params(), c)
+  state = _start_state(steps, params(), c)
+  _, order, schedule = steps.order_fn(jax.random.key(c.seed + 2))
+  schedule = None if schedule is None else np.asarray(schedule)
+  helper = None if steps.helper is None else (steps.helper, steps.far_data(), jax.device_put(order, steps.helper))
+  n = min(o.trace_steps, order.shape[0] // 2)
+  state, losses = run_epoch(steps.step_fn, state, steps.step_data, order, 0, n, schedule, helper)
+  jax.block_until_ready(losses)
+  os.makedirs(o.trace_dir, exist_ok=True)
+  with jax.profiler.trace(o.trace_dir, create_perfetto_trace=True):
+    t0 = time.perf_counter()
+    state, losses = run_epoch(steps.step_fn, state, steps.step_data, order, n, 2 * n, schedule, helper)
+    jax.block_until_ready(losses)
+    wall = time.perf_counter() - t0
+  files = sorted(
+    glob.glob(os.path.join(o.trace_dir, "**", "perfetto_trace.json.gz"), recursive=True), key=os.path.getmtime
+  )
+  if not files:
+    raise RuntimeError(f"the profiler wrote no perfetto trace under {o.trace_dir}")
+  with gzip.open(files[-1]) as f:
+    trace = json.load(f)
+  ops = op_seconds(trace["traceEvents"] if isinstance(trace, dict) else trace)
+  if not ops["events"]:
+    raise RuntimeError(f"no XLA op events in {files[-1]}: run with XLA_FLAGS={TRACEME_FLAG}")
+  datas = steps.step_data if isinstance(steps.step_data, list) else [steps.step_data]
+  rows = np.bincount(schedule[n : 2 * n], minlength=len(datas)) if schedule is not None else [n]
+  one_vmap = make_train_step(learner)  # XLA's FLOP count of the same update (module docstring)
+  flops = sum(
+    int(r) * bench.cost_flops(one_vmap, _start_state(steps, params(), c), d, order) for r, d in zip(rows, datas) if r
+  )
+  cores = len(os.sched_getaffinity(0))
+  total = sum(ops["seconds"].values())
+  ceiling = bench.gemm_ceiling_flops()
+  matmul_s = ops["seconds"].get("matmul", 0.0)
+  return {
+    "trace": files[-1],
+    "steps": int(n),
+    "parts": getattr(steps.step_fn, "parts", 1),
+    "devices": 2 if steps.helper is not None else 1,
+    "cores": cores,
+    "wall_s": wall,
+    "s_per_task": wall / (n * c.meta_batch_size),
+    "op_events": ops["events"],
+    "op_seconds": dict(sorted(ops["seconds"].items(), key=lambda kv: -kv[1])),
+    "op_share": {k: v / total for k, v in sorted(ops["seconds"].items(), key=lambda kv: -kv[1])},
+    "cores_busy_share": total / (wall * cores),
+    "flops": float(flops),
+    "gflops": flops / wall / 1e9,
+    "gemm_2048_gflops": ceiling / 1e9,
+    "share_of_gemm_ceiling": flops / wall / ceiling,
+    "matmul_gflops_while_running": flops / matmul_s / 1e9 if matmul_s else None,
+  }

@@ -218,3 +218,27 @@ def test_workload_suite_refuses_a_dataset_whose_default_run_the_torch_reference_
   assert done.returncode == 2 and "Traceback" not in done.stderr
   assert "--dataset=synthetic's default run is --learner=maml --model=cf --base=als_foldin" in done.stderr
   assert not (tmp_path / "w.json").exists()
+
+
+def test_trace_op_seconds_count_each_ops_own_time_by_kind():
+  from metarec_jax.bench_workload import op_kind, op_seconds
+
+  assert op_kind("ynn_fusion.3") == op_kind("dot_general") == "matmul"
+  assert op_kind("wrapped_scatter.1") == "scatter" and op_kind("copy_bitcast_fusion") == "copy / transpose"
+  assert op_kind("add_select_fusion.7") == "element-wise fusions, other"
+  assert all(
+    op_kind(n) is None
+    for n in ("ThunkExecutor::Execute", "PjitFunction(f)", "$api.py:1 f", "end: dot", "Wait for usage holds")
+  )
+  ev = lambda name, ts, dur, tid=1: {"ph": "X", "name": name, "ts": ts, "dur": dur, "pid": 1, "tid": tid}  # noqa: E731
+  events = [
+    ev("while.1", 0, 100),  # holds a matmul (30) and a fusion (20): its own time is 50
+    ev("dot.2", 10, 30),
+    ev("add_fusion", 50, 20),
+    ev("dot.3", 0, 40, tid=2),  # another thread, overlapping in time: counted too
+    ev("ThunkExecutor::Execute", 0, 500),  # the runtime: not an op, and no parent of one
+    {"ph": "i", "name": "dot.9", "ts": 5},  # not a complete event
+  ]
+  out = op_seconds(events)
+  assert out["events"] == 4
+  assert out["seconds"] == pytest.approx({"matmul": 70e-6, "element-wise fusions, other": 70e-6})
