@@ -63,6 +63,7 @@ def jax_epoch(o) -> dict:
 
   from metarec_jax import runtime
   from metarec_jax.data.buckets import make_bucket_order, split_by_length
+  from metarec_jax.training.loop import data_on
   from metarec_jax.training.state import create_train_state
   from metarec_jax.training.step import make_epoch_order, make_train_step
 
@@ -102,11 +103,8 @@ def jax_epoch(o) -> dict:
     else:
       _, order, ids = make_bucket_order(counts, B)(jax.random.key(3))
       schedule, datas = np.asarray(ids), data
-    fars = [None] * len(datas)
-    if parts > 1:
-      far_order, tables = jax.device_put(order, helper), jax.device_put(datas[0]["tables"], helper)
-      fars = [(helper, {"episodes": jax.device_put(d["episodes"], helper), "tables": tables}, far_order) for d in datas]
-    compile_s, epoch_s = _time_epoch(step, fresh, datas, order, schedule, fars)
+    far = (helper, data_on(datas, helper), jax.device_put(order, helper)) if parts > 1 else None
+    compile_s, epoch_s = _time_epoch(step, fresh, datas, order, schedule, far)
     out[name] = {
       "epoch_s": epoch_s,
       "steps": int(order.shape[0]),
@@ -131,28 +129,27 @@ def jax_epoch(o) -> dict:
   return out
 
 
-def _time_epoch(step, fresh, datas, order, schedule, fars):
-  """(seconds compiling every bucket's step, seconds of one epoch) of `step` over `order`'s rows;
-  `fars[b]`: the helper arguments of bucket b's step in parts (None: one call)."""
+def _time_epoch(step, fresh, datas, order, schedule, helper):
+  """(seconds compiling every bucket's step, seconds of one epoch) of `step` over `order`'s rows,
+  stepped as a fit steps (`run_epoch`); `helper`: run_epoch's, for a step in parts (None: one call)."""
   import jax
+
+  from metarec_jax.training.step import bucket_helper, run_epoch
 
   here = next(iter(jax.tree.leaves(datas[0])[0].devices()))
 
   def start():  # committed to the data's device, as after a step: one compile per shape
     return jax.device_put(fresh(), here)
 
-  def run(state, b):
-    return step(state, datas[b], order) if fars[b] is None else step(state, datas[b], order, fars[b])
-
   t0 = time.perf_counter()
   for b in range(len(datas)):  # compile every shape, untimed (the step donates its state: a fresh one each)
-    jax.block_until_ready(run(start(), b)[0].params)
+    args = () if helper is None else (bucket_helper(helper, b),)
+    jax.block_until_ready(step(start(), datas[b], order, *args)[0].params)
   compile_s = time.perf_counter() - t0
   state = start()
   t0 = time.perf_counter()
-  for r in range(order.shape[0]):
-    state, _ = run(state, schedule[r])
-  jax.block_until_ready(state.params)
+  state, losses = run_epoch(step, state, datas, order, 0, None, schedule, helper)
+  jax.block_until_ready((state.params, losses))
   return compile_s, time.perf_counter() - t0
 
 
@@ -349,7 +346,7 @@ def trace_steps(o) -> dict:
   state = _start_state(steps, params(), c)
   _, order, schedule = steps.order_fn(jax.random.key(c.seed + 2))
   schedule = None if schedule is None else np.asarray(schedule)
-  helper = None if steps.helper is None else (steps.helper, steps.far_data(), jax.device_put(order, steps.helper))
+  helper = steps.helper_args(order)
   n = min(o.trace_steps, order.shape[0] // 2)
   state, losses = run_epoch(steps.step_fn, state, steps.step_data, order, 0, n, schedule, helper)
   jax.block_until_ready(losses)

@@ -15,6 +15,7 @@ once its checkpoints are on disk; resuming a finished fit restores its best para
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging as pylogging
 import os
@@ -149,3 +150,26 @@ class _QuietOrbax(pylogging.Filter):
 
 
 pylogging.getLogger("absl").addFilter(_QuietOrbax())
+
+
+# Config fields that do not change a run's results: a resumed run may differ in them.
+RESUME_FREE_FIELDS = (
+  *("data_dir", "devices", "overlap_baselines", "task_chunk", "checkpoints", "checkpoint_every"),
+  *("keep_checkpoints", "eval_chunk"),
+)
+
+
+def check_resumable(config, workdir: str) -> None:
+  """Raises ValueError naming the first field where `config` differs from the run saved in `workdir`."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  now = writers.to_jsonable(dataclasses.asdict(config))  # config: a config.Config
+  for k in sorted(set(saved) | set(now)):
+    if k not in RESUME_FREE_FIELDS and saved.get(k) != now.get(k):
+      raise ValueError(
+        f"--resume: {path} has {k}={saved.get(k)!r} but this run has {k}={now.get(k)!r}; "
+        "resume with the same flags or use a new --workdir"
+      )

@@ -1,14 +1,13 @@
 """The one frozen Config of a run: its fields (with the help and choices the binaries' flags
-are generated from), validation, dataset defaults, presets and the resume check."""
+are generated from), validation, dataset defaults and presets (the resume check that compares two runs' configs is
+`checkpoint.check_resumable`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import typing
 
-from metarec_jax import learners, writers
+from metarec_jax import learners
 from metarec_jax.data.io import resolve_delimiter
 from metarec_jax.data.lastfm import LASTFM_PROTOCOLS
 from metarec_jax.data.registry import DATASETS
@@ -388,26 +387,3 @@ def resolve(preset: str = "default", overrides: dict | None = None) -> Config:
     raise ValueError(f"Unsupported preset: {preset!r}; choose one of {', '.join(PRESETS)}")
   fields = {**PRESETS[preset], **(overrides or {})}
   return with_dataset_defaults(Config(**fields), explicit=fields)
-
-
-# Config fields that do not change a run's results: a resumed run may differ in them.
-RESUME_FREE_FIELDS = (
-  *("data_dir", "devices", "overlap_baselines", "task_chunk", "checkpoints", "checkpoint_every"),
-  *("keep_checkpoints", "eval_chunk"),
-)
-
-
-def check_resumable(config: Config, workdir: str) -> None:
-  """Raises ValueError naming the first field where `config` differs from the run saved in `workdir`."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    return
-  with open(path) as f:
-    saved = json.load(f)
-  now = writers.to_jsonable(dataclasses.asdict(config))
-  for k in sorted(set(saved) | set(now)):
-    if k not in RESUME_FREE_FIELDS and saved.get(k) != now.get(k):
-      raise ValueError(
-        f"--resume: {path} has {k}={saved.get(k)!r} but this run has {k}={now.get(k)!r}; "
-        "resume with the same flags or use a new --workdir"
-      )

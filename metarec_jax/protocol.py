@@ -17,8 +17,8 @@ import numpy as np
 from absl import logging
 
 from metarec_jax import runtime, writers
-from metarec_jax.checkpoint import FitCheckpoints, checkpoint_dir
-from metarec_jax.config import INIT_FROM_POOLED, Config, check_resumable
+from metarec_jax.checkpoint import FitCheckpoints, check_resumable, checkpoint_dir
+from metarec_jax.config import INIT_FROM_POOLED, Config
 from metarec_jax.data.tasks import SCENARIOS
 from metarec_jax.evaluate import score
 from metarec_jax.learners import POOLED, REUSE, TRAIN, get_spec, warm_start

@@ -21,7 +21,7 @@ from metarec_jax.learners import Learner
 from metarec_jax.learners.registry import names
 from metarec_jax.learners.stacked import frozen_mask
 from metarec_jax.training.state import FitState, Progress, create_train_state
-from metarec_jax.training.step import PartStep, make_epoch_order, make_train_step, run_epoch
+from metarec_jax.training.step import PartStep, bucket_helper, make_epoch_order, make_train_step, run_epoch
 
 INNER_LOOP = names(lambda s: s.inner_loop)  # learners whose step adapts every task by gradient steps
 # Validation metrics copied into each epoch's metrics.jsonl line.
@@ -110,17 +110,23 @@ class TrainSteps:
   helper: Any = None
   _far_data: Any = None
 
-  def far_data(self):
-    """`step_data` on the helper device (copied once; the buckets share one copy of the tables)."""
+  def helper_args(self, order):
+    """run_epoch's `helper` for an epoch of `order`: (the helper device, `step_data` there,
+    copied once, and `order` there); None without a helper."""
+    if self.helper is None:
+      return None
     if self._far_data is None:
-      if isinstance(self.step_data, list):
-        tables = jax.device_put(self.step_data[0]["tables"], self.helper)
-        self._far_data = [
-          {"episodes": jax.device_put(d["episodes"], self.helper), "tables": tables} for d in self.step_data
-        ]
-      else:
-        self._far_data = jax.device_put(self.step_data, self.helper)
-    return self._far_data
+      self._far_data = data_on(self.step_data, self.helper)
+    return self.helper, self._far_data, jax.device_put(order, self.helper)
+
+
+def data_on(step_data, device):
+  """A fit's step data (the list of the buckets' or one split's) on `device`; the buckets share
+  one copy of the tables."""
+  if isinstance(step_data, list):
+    tables = jax.device_put(step_data[0]["tables"], device)
+    return [{"episodes": jax.device_put(d["episodes"], device), "tables": tables} for d in step_data]
+  return jax.device_put(step_data, device)
 
 
 def make_steps(learner: Learner, data: dict, config, n_tasks: int, params) -> TrainSteps:
@@ -166,17 +172,14 @@ def compile_steps(steps: TrainSteps, params, config) -> None:
   do this while another fit runs)."""
   train = runtime.replicate(_start_state(steps, params, config), steps.mesh)
   _, order, _ = steps.order_fn(jax.random.key(config.seed + 2))
-  datas = steps.step_data if isinstance(steps.step_data, list) else [steps.step_data]
-  if not isinstance(steps.step_fn, PartStep):
-    for d in datas:
+  buckets = list(range(len(steps.step_data))) if isinstance(steps.step_data, list) else [None]
+  helper = steps.helper_args(order)
+  for b in buckets:
+    d = steps.step_data if b is None else steps.step_data[b]
+    if not isinstance(steps.step_fn, PartStep):
       steps.step_fn.lower(train, d, order).compile()
-    return
-  fars, far_order = [None] * len(datas), None
-  if steps.helper is not None:
-    fars = steps.far_data() if isinstance(steps.step_data, list) else [steps.far_data()]
-    far_order = jax.device_put(order, steps.helper)
-  for d, f in zip(datas, fars):
-    steps.step_fn.compile(train, d, order, None if f is None else (steps.helper, f, far_order))
+    else:
+      steps.step_fn.compile(train, d, order, None if helper is None else bucket_helper(helper, b))
 
 
 def _fit(
@@ -254,7 +257,7 @@ def _fit(
     epoch, t0 = prog.epoch, time.perf_counter()
     next_key, order, schedule = order_fn(state.epoch_key)
     schedule = None if schedule is None else np.asarray(schedule)  # one transfer an epoch
-    helper = None if steps.helper is None else (steps.helper, steps.far_data(), jax.device_put(order, steps.helper))
+    helper = steps.helper_args(order)
     losses, row = list(prog.losses), prog.row
     while row < n_batches:  # segments between mid-epoch checkpoints (and the testing exit)
       first = (epoch - 1) * n_batches + row  # steps done before this segment

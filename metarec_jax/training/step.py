@@ -205,6 +205,13 @@ def make_epoch_order(n_tasks: int, meta_batch_size: int, mesh=None) -> Callable:
   return jax.jit(order, out_shardings=runtime.replicated(mesh))
 
 
+def bucket_helper(helper, bucket):
+  """`PartStep`'s helper for one bucket's step from run_epoch's (device, data of every bucket or
+  of the split, order there); `bucket` None: the split's."""
+  device, far_data, far_order = helper
+  return device, far_data if bucket is None else far_data[bucket], far_order
+
+
 def run_epoch(
   step_fn: Callable,
   state: MetaTrainState,
@@ -223,13 +230,8 @@ def run_epoch(
   stop = order.shape[0] if stop is None else stop
   losses = []
   for r in range(start, stop):
-    d = data if schedule is None else data[schedule[r]]
-    if helper is None:
-      state, aux = step_fn(state, d, order)
-    else:
-      device, far_data, far_order = helper
-      state, aux = step_fn(
-        state, d, order, (device, far_data if schedule is None else far_data[schedule[r]], far_order)
-      )
+    b = None if schedule is None else schedule[r]
+    d = data if b is None else data[b]
+    state, aux = step_fn(state, d, order) if helper is None else step_fn(state, d, order, bucket_helper(helper, b))
     losses.append(aux["loss"])
   return state, (jnp.stack(losses) if losses else jnp.zeros((0,), jnp.float32))
