@@ -62,6 +62,10 @@ def test_a_split_on_two_devices_gives_the_one_device_predictions_bit_for_bit(st,
     np.testing.assert_array_equal(both, one.predict(learner, params, key, eps))
     chunks = [c for _, _, part in ev._arrays[key] for c in part]
     assert {next(iter(c["user"].devices())) for c in chunks} == set(jax.devices()[:2])  # both really ran
+    # another chunk size (the CPU default 16 against the accelerators' 128): the same predictions
+    # up to float rounding (a vmap of another width may order its reductions differently)
+    big = Evaluator(tables, chunk=128, label=st.scen.label, buckets=3)
+    np.testing.assert_allclose(both, big.predict(learner, params, key, eps), rtol=0, atol=1e-5)
 
 
 def test_the_fold_ins_solve_without_lapack_so_two_devices_cannot_starve_the_thread_pool(st):
