@@ -113,6 +113,15 @@ class _Run:
 
     self.prepared[name] = Deferred(work)
 
+  @staticmethod
+  def _prepared_steps(prepared: Deferred | None):
+    """The steps `prepare` compiled (None: not prepared), their compiles' freed memory returned."""
+    if prepared is None:
+      return None
+    steps = prepared.result()
+    runtime.release_free_memory()
+    return steps
+
   def fit(self, name: str, learner, *, exit_at_step=None):
     """The trained params of `learner` (registered as `name`), fitted once per run."""
     if name not in self.trained and self.device is not None and name in self.handoff.names:
@@ -142,7 +151,7 @@ class _Run:
         ckpt=ckpt,
         resume=self.resume,
         exit_at_step=exit_at_step,
-        steps=prepared.result() if prepared is not None else None,
+        steps=self._prepared_steps(prepared),
         on_epoch=start_prepared if self.prepared else None,
       )
       self.trained[name] = params
@@ -203,6 +212,7 @@ def _baseline_rows(run: _Run, names: list[str], stop: threading.Event | None = N
       t0 = time.perf_counter()
       run.row(name)
       run.timing[name] = time.perf_counter() - t0
+      runtime.release_free_memory()  # the row's compiles are done
       bar.update(1, note=name)
 
 
