@@ -118,15 +118,25 @@ def jax_epoch(o) -> dict:
 
     data, counts = variants["buckets"]
     _, order, ids = make_bucket_order(counts, B)(jax.random.key(3))
-    rows = np.bincount(np.asarray(ids), minlength=len(data))
-    one_vmap = make_train_step(learner)  # the same update in one vmap: XLA counts a scan's body once
-    flops = sum(r * bench.cost_flops(one_vmap, fresh(), d, order) for r, d in zip(rows, data))
-    out["flops_per_epoch"] = float(flops)
+    flops = steps_flops(learner, fresh, data, order, np.asarray(ids))
+    out["flops_per_epoch"] = flops
     out["gemm_2048_gflops"] = bench.gemm_ceiling_flops() / 1e9
     for name in [v for v in ("buckets", "buckets_2dev") if v in out]:
       out[name]["gflops"] = flops / out[name]["epoch_s"] / 1e9
       out[name]["share_of_gemm_ceiling"] = out[name]["gflops"] / out["gemm_2048_gflops"]
   return out
+
+
+def steps_flops(learner, fresh, datas, order, schedule) -> float:
+  """XLA's FLOP count of the steps whose buckets `schedule` lists (host ints; one step per entry),
+  each counted on the same update made in one vmap (the run's step scans over task chunks, and
+  XLA counts a loop's body once). `fresh()`: a start state; `datas`: the buckets' step data."""
+  from metarec_jax import bench
+  from metarec_jax.training.step import make_train_step
+
+  one_vmap = make_train_step(learner)
+  rows = np.bincount(schedule, minlength=len(datas))
+  return float(sum(int(r) * bench.cost_flops(one_vmap, fresh(), d, order) for r, d in zip(rows, datas) if r))
 
 
 def _time_epoch(step, fresh, datas, order, schedule, helper):
@@ -218,10 +228,6 @@ def validation_pass(o, chunks=(128, 16), reps: int = 3) -> dict:
   `reps` after a warm-up pass); the predictions agree to float rounding whatever the chunk."""
   import dataclasses
 
-  import jax
-
-  from metarec_jax.evaluate import Evaluator
-
   st = _setup(o)
   learner = st.make(st.config.learner)
   params = st.init_params(learner)
@@ -229,21 +235,12 @@ def validation_pass(o, chunks=(128, 16), reps: int = 3) -> dict:
   two = ev.devices[1:]  # the helper device, when the run has one
   for chunk in chunks:
     for devices in (1, 2) if two else (1,):
-      e = Evaluator(
-        ev.tables,
-        chunk=chunk,
-        ks=ev.ks,
-        label=ev.label,
-        buckets=ev.buckets,
-        bucket_sizes=ev.bucket_sizes,
-        helper=two[0] if devices == 2 else None,
-      )
-      run = dataclasses.replace(st, evaluator=e)
+      run = dataclasses.replace(st, evaluator=ev.variant(chunk=chunk, helper=two[0] if devices == 2 else None))
       run.val_score(learner, params)
       times = []
       for _ in range(reps):
         t0 = time.perf_counter()
-        jax.block_until_ready(run.val_score(learner, params))
+        run.val_score(learner, params)  # host floats: the pass has finished when it returns
         times.append(time.perf_counter() - t0)
       out[f"chunk_{chunk}_devices_{devices}_s"] = float(np.median(times))
   out["tasks"] = len(st.scen.val) + sum(len(e) for e in st.scen.val_cold.values())
@@ -331,7 +328,7 @@ def trace_steps(o) -> dict:
 
   from metarec_jax import bench
   from metarec_jax.training.loop import _start_state, compile_steps, make_steps
-  from metarec_jax.training.step import make_train_step, run_epoch
+  from metarec_jax.training.step import run_epoch
 
   st = _setup(o)
   c = st.config
@@ -367,11 +364,8 @@ def trace_steps(o) -> dict:
   if not ops["events"]:
     raise RuntimeError(f"no XLA op events in {files[-1]}: run with XLA_FLAGS={TRACEME_FLAG}")
   datas = steps.step_data if isinstance(steps.step_data, list) else [steps.step_data]
-  rows = np.bincount(schedule[n : 2 * n], minlength=len(datas)) if schedule is not None else [n]
-  one_vmap = make_train_step(learner)  # XLA's FLOP count of the same update (module docstring)
-  flops = sum(
-    int(r) * bench.cost_flops(one_vmap, _start_state(steps, params(), c), d, order) for r, d in zip(rows, datas) if r
-  )
+  traced = schedule[n : 2 * n] if schedule is not None else np.zeros(n, int)
+  flops = steps_flops(learner, lambda: _start_state(steps, params(), c), datas, order, traced)
   cores = len(os.sched_getaffinity(0))
   total = sum(ops["seconds"].values())
   ceiling = bench.gemm_ceiling_flops()

@@ -112,17 +112,24 @@ class Evaluator:
     self._arrays: dict = {}
     self._fns: dict = {}
 
-  def on_device(self, device) -> "Evaluator":
-    """An Evaluator of the same splits with its tables on `device` (and its own caches, no
-    helper): the computations run where their inputs are."""
+  def variant(self, *, device=None, chunk: int | None = None, helper=None) -> "Evaluator":
+    """An Evaluator of the same splits, metrics and buckets with its own caches: its tables on
+    `device` (None: where they are), `chunk` tasks a call (None: the same) and `helper` (not
+    inherited)."""
     return Evaluator(
-      jax.device_put(self.tables, device),
-      chunk=self.chunk,
+      self.tables if device is None else jax.device_put(self.tables, device),
+      chunk=self.chunk if chunk is None else chunk,
       ks=self.ks,
       label=self.label,
       buckets=self.buckets,
       bucket_sizes=self.bucket_sizes,
+      helper=helper,
     )
+
+  def on_device(self, device) -> "Evaluator":
+    """This Evaluator with its tables on `device` and no helper: the computations run where
+    their inputs are."""
+    return self.variant(device=device)
 
   def predict_fn(self, learner: Learner) -> Callable:
     if id(learner) not in self._fns:

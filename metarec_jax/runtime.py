@@ -85,7 +85,7 @@ def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
   """Caps glibc's malloc arenas at `n` (unless $MALLOC_ARENA_MAX says otherwise). glibc gives
   threads that allocate their own arenas, up to 8 per core; XLA's compiler and thread-pool
   threads then leave freed memory spread over many of them, which the process keeps (the default
-  ML-1M run's peak RSS with a cold compilation cache: 2.06 GB uncapped, 1.85 GB with 4;
+  ML-1M run's peak RSS with a cold compilation cache: 2.06 GiB uncapped, 1.85 GiB with 4;
   docs/results.md). Call before JAX starts its threads; True when set. A no-op off glibc."""
   libc = None if "MALLOC_ARENA_MAX" in os.environ else _libc()
   return bool(libc.mallopt(-8, n)) if libc is not None else False  # -8: M_ARENA_MAX

@@ -18,6 +18,14 @@ from metarec_jax.data.episodes import device_data, featurize_episodes
 from metarec_jax.training.step import make_epoch_order, make_train_step
 
 
+def benchmark_json(tmp_path, *flags) -> dict:
+  """The benchmark binary's JSON for `flags` (it must exit 0)."""
+  out = tmp_path / "bench.json"
+  done = run_binary("experiments.benchmark", *flags, f"--out={out}")
+  assert done.returncode == 0, done.stderr[-3000:]
+  return json.loads(out.read_text())
+
+
 @pytest.fixture(scope="module")
 def melu():
   shapes = bench.melu_shapes(n_tasks=16, n_users=50, n_items=40, support=20, query=5, min_ratings=8)
@@ -109,9 +117,8 @@ def test_jax_loop_step_equals_vmapped_step(melu):
 
 @pytest.mark.slow
 def test_benchmark_binary_writes_timings_ratios_and_one_compile(tmp_path):
-  out = tmp_path / "bench.json"
-  done = run_binary(
-    "experiments.benchmark",
+  res = benchmark_json(
+    tmp_path,
     "--learners=maml,prototype",
     "--meta_batch_sizes=4",
     "--inner_steps=1",
@@ -120,10 +127,7 @@ def test_benchmark_binary_writes_timings_ratios_and_one_compile(tmp_path):
     "--baseline_steps=1",
     "--n_tasks=32",
     "--nocached_compile",
-    f"--out={out}",
   )
-  assert done.returncode == 0, done.stderr[-3000:]
-  res = json.loads(out.read_text())
   assert res["machine"]["platform"] == "cpu" and res["machine"]["gemm_2048_flops"] > 0
   maml, proto = res["configs"]
   for r in (maml, proto):
@@ -158,17 +162,9 @@ def test_benchmark_rejects_a_meta_batch_that_does_not_divide_the_devices(tmp_pat
 
 @pytest.mark.slow
 def test_growth_suite_reports_each_phase(tmp_path):
-  out = tmp_path / "growth.json"
-  done = run_binary(
-    "experiments.benchmark",
-    "--suite=growth",
-    "--growth_users=200,400",
-    "--growth_items=150",
-    "--growth_batch=16",
-    f"--out={out}",
-  )
-  assert done.returncode == 0, done.stderr[-3000:]
-  rows = json.loads(out.read_text())["growth"]
+  rows = benchmark_json(
+    tmp_path, "--suite=growth", "--growth_users=200,400", "--growth_items=150", "--growth_batch=16"
+  )["growth"]
   assert [r["n_users"] for r in rows] == [200, 400]
   for r in rows:
     for phase in ("generate", "episodes", "epoch"):
@@ -181,19 +177,15 @@ def test_growth_suite_reports_each_phase(tmp_path):
 def test_workload_suite_on_real_tasks_checks_gradients_and_labels_each_scope(tmp_path, shared_data_dir):
   """ml-100k, 1 inner step, 2 buckets, 1 timed torch meta-batch: the shape of the JSON, one compile
   per bucket (per part on two devices), the gradient check, and the ratio it reports."""
-  out = tmp_path / "workload.json"
-  done = run_binary(
-    "experiments.benchmark",
+  res = benchmark_json(
+    tmp_path,
     "--suite=workload",
     "--dataset=ml-100k",
     f"--data_dir={shared_data_dir}",
     "--workload_batches=1",
     "--workload_inner_steps=1",
     "--length_buckets=2",
-    f"--out={out}",
   )
-  assert done.returncode == 0, done.stderr[-3000:]
-  res = json.loads(out.read_text())
   w = res["workload"]
   assert res["speedup_vs_melu_style"] == w["per_core"]["speedup_vs_melu_style"]
   for scope, threads in (("per_core", 1), ("whole_machine", w["cores"])):
