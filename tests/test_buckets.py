@@ -226,4 +226,4 @@ def test_freed_heap_pages_go_back_to_the_system():
   before = rss_kib()
   assert runtime.release_free_memory() is True
   assert before - rss_kib() > 50 * 1024, "malloc_trim gave less than 50 MiB back"
-  assert keep.sum() == 512
+  del keep  # held until the trim
