@@ -105,6 +105,7 @@ class Setup:
             "predict_fn": fn,
           }
         bar.update(1, note=f"best val {metric} {best['val']:.4f}")
+        runtime.release_free_memory()  # a point's compiles and scoring leave freed heap pages
     self.selected[name] = best
     return best
 

@@ -3,6 +3,7 @@ transfer inside the step loop, one compile, clear errors for bad device counts."
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -200,3 +201,77 @@ def test_epoch_order_is_a_permutation_with_wraparound():
   np.testing.assert_array_equal(flat[10:], flat[:2])
   _, again = make_epoch_order(10, 4)(key)
   assert not np.array_equal(np.asarray(again), order)
+
+
+def test_a_one_device_program_loads_on_another_device_and_gives_its_result_there():
+  d0, d1 = jax.devices()[:2]
+  c = float(np.random.default_rng().uniform(1, 2))  # a program no cache has served: compiled here
+  f = jax.jit(lambda w, x: jnp.tanh(x @ w) * c + jnp.arange(x.shape[1]))
+  w, x = jax.device_put((jnp.full((16, 16), 0.1), jnp.ones((4, 16))), d0)
+  near = f.lower(w, x).compile()
+  blob = runtime.executable_bytes(near)
+  far = runtime.load_on(blob, near, d1)
+  assert far is not None
+  out = far(*jax.device_put((w, x), d1))
+  assert out.devices() == {d1}
+  np.testing.assert_array_equal(out, near(w, x))
+  # a program over two devices is not moved
+  mesh = runtime.task_mesh(2)
+  two = jax.jit(lambda a: a * 2).lower(runtime.replicate(jnp.ones(4), mesh)).compile()
+  assert runtime.load_on(runtime.executable_bytes(two), two, d1) is None
+  assert runtime.load_on(b"not an executable", near, d1) is None
+
+
+def _parts_on_two_devices(setup, monkeypatch, path, inner_lr):
+  """(losses, params, the step) of 4 steps of a step in 2 parts, the second on device 1, with
+  the part program's kept bytes at `path`. Nothing goes into the persistent cache: `inner_lr`
+  makes a program it has not served."""
+  with monkeypatch.context() as m:
+    m.setattr(runtime, "program_path", lambda lowered: str(path))
+    _, scen, model, ctx, tables = setup
+    learner = create_learner("maml", model, inner_lr=inner_lr, inner_steps=1, adapt="head")
+    params = learner.init(jax.random.key(0), episode_batch(tables, scen.train, 1), ctx)
+    data = device_data(scen.train, tables)
+    state = create_train_state(jax.random.key(1), params, optax.adam(1e-2))
+    step = make_train_step(learner, id_dropout=0.1, task_chunk=2, parts=2)
+    _, order = make_epoch_order(len(scen.train), 8)(jax.random.key(2))
+    device = jax.devices()[1]
+    far = (device, jax.device_put(data, device), jax.device_put(order, device))
+    floor = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
+    try:
+      step.compile(state, data, order, far)
+      state, losses = run_epoch(step, state, data, order, 0, 4, None, far)
+    finally:
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", floor)
+    return np.asarray(losses), state.params, step
+
+
+def test_the_second_part_is_loaded_from_the_first_parts_program_and_its_bytes_kept(setup, monkeypatch, tmp_path):
+  lr = float(np.random.default_rng().uniform(0.05, 0.1))  # a program no cache has served
+  path = tmp_path / "part"
+  losses, params, step = _parts_on_two_devices(setup, monkeypatch, path, lr)
+  assert step.far_compiled == 0 and path.exists()  # one compile for both devices; bytes kept
+  again, params_again, step = _parts_on_two_devices(setup, monkeypatch, path, lr)
+  assert step.far_compiled == 0  # loaded from the kept bytes
+  np.testing.assert_array_equal(again, losses)
+  jax.tree.map(np.testing.assert_array_equal, params_again, params)
+
+  # Kept bytes that lack the code (as a program the persistent cache served serializes) load but
+  # fail the check: this run's compile serializes whole and replaces them. (Bytes that do not load
+  # at all: runtime.load_on gives None, tested above.)
+  complete = path.read_bytes()
+  hollow = runtime.executable_bytes(next(iter(step._far.values())))  # the loaded copy, serialized again
+  assert len(hollow) < len(complete)
+  path.write_bytes(hollow)
+  got, params_got, step = _parts_on_two_devices(setup, monkeypatch, path, lr)
+  assert step.far_compiled == 0 and len(path.read_bytes()) > len(hollow)  # whole bytes again
+  np.testing.assert_array_equal(got, losses)
+  # Where this device's program also came without its code, the helper's is compiled for it.
+  path.write_bytes(hollow)
+  with monkeypatch.context() as m:
+    m.setattr(runtime, "executable_bytes", lambda compiled: hollow)
+    got, params_got, step = _parts_on_two_devices(setup, monkeypatch, path, lr)
+  assert step.far_compiled == 1
+  np.testing.assert_array_equal(got, losses)
+  jax.tree.map(np.testing.assert_array_equal, params_got, params)

@@ -41,7 +41,10 @@ def drop_item_ids(rng, episode: Episode, rate: float, *, n_tasks: int | None = N
   def drop(key, batch):
     ids = batch.x[ITEM_ID_FIELD]
     n = ids.shape[0] if n_tasks is None else n_tasks
-    hide = jax.random.bernoulli(key, rate, (n,) + ids.shape[1:])[first : first + ids.shape[0]]
+    if isinstance(first, int) and not 0 <= first <= n - ids.shape[0]:
+      raise ValueError(f"tasks {first}..{first + ids.shape[0] - 1} are not in a batch of {n}")
+    hide = jax.random.bernoulli(key, rate, (n,) + ids.shape[1:])
+    hide = jax.lax.dynamic_slice_in_dim(hide, first, ids.shape[0])  # `first` may be traced
     x = dict(batch.x)
     x[ITEM_ID_FIELD] = jnp.where(hide, 0, ids)
     for name in (COOC_FIELD, COOC_SUPPORT_FIELD):

@@ -3,13 +3,16 @@ an epoch's meta-batches that the fit calls."""
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from absl import logging
 
-from metarec_jax import runtime
+from metarec_jax import runtime, writers
 from metarec_jax.data.episodes import drop_item_ids, featurize_episodes, redraw_support_query
 from metarec_jax.data.features import ITEM_ID_FIELD
 from metarec_jax.learners import Learner
@@ -54,10 +57,11 @@ def make_train_step(
     return batch, loss_key, drop_key
 
   def featurize(data, batch, drop_key, rows=None):
-    """`rows` (start, stop): those tasks of the batch only, with the whole batch's id dropout."""
+    """`rows` (first, count; first may be traced): those tasks of the batch only, with the whole
+    batch's id dropout."""
     n = batch["user"].shape[0]
     if rows is not None:
-      batch = jax.tree.map(lambda a: a[rows[0] : rows[1]], batch)
+      batch = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, rows[0], rows[1]), batch)
     episode = featurize_episodes(data["tables"], batch)
     if id_dropout > 0 and ITEM_ID_FIELD in data["tables"]:
       episode = drop_item_ids(drop_key, episode, id_dropout, n_tasks=n, first=0 if rows is None else rows[0])
@@ -121,7 +125,8 @@ def make_train_step(
     raise ValueError(f"a step in {parts} parts needs task chunks (--task_chunk)")
 
   def part_sums(params, rng, step_no, data, order, part):
-    """(aux, meta-gradient) sums of one part's share of the row's task chunks."""
+    """(aux, meta-gradient) sums of one part's share of the row's task chunks. `part` is traced:
+    every part is one program, compiled once per shape (`PartStep`)."""
     if on_trace is not None:
       on_trace()
     B = order.shape[1]
@@ -132,7 +137,7 @@ def make_train_step(
       )
     per = n // parts
     batch, loss_key, drop_key = batch_of(rng, step_no, data, order)
-    rows = (part * per * task_chunk, (part + 1) * per * task_chunk)
+    rows = (part * per * task_chunk, per * task_chunk)
     return chunk_sums(params, featurize(data, batch, drop_key, rows), loss_key, part * per)
 
   def combine(state, sums, order):
@@ -154,6 +159,9 @@ class PartStep:
   (`runtime.helper_device`), side by side with the first. Against the one-call step only the
   order in which the chunks' gradients are added differs.
 
+  Every part is one program (the part number is an argument), compiled once per shape for the
+  first device and loaded on the helper (`_load_far`; compiled there where it cannot be).
+
   `step(state, data, order, helper=None)`: with `helper` = (device, data, order on that device),
   parts 1.. run there: the parameters, key and step count go to it each step and its sums come
   back (device-to-device copies; nothing crosses from the host).
@@ -161,8 +169,10 @@ class PartStep:
 
   def __init__(self, part_sums: Callable, combine: Callable, parts: int):
     self.parts = parts
-    self.part_sums = jax.jit(part_sums, static_argnums=5)
+    self.part_sums = jax.jit(part_sums)
     self.combine = jax.jit(combine, donate_argnums=0)
+    self._far = {}  # (argument shapes, device) -> the part program there
+    self._indices = {}  # (part, device) -> the part number there
 
   def _inputs(self, state, helper):
     """(arguments of each part's call), placed where the part runs."""
@@ -173,21 +183,81 @@ class PartStep:
     far = jax.device_put(here, device)
     return [here] + [far] * (self.parts - 1), (far_data, far_order)
 
+  def _index(self, part: int, device) -> jax.Array:
+    """The part number as an int32 on `device`, made once (a step sends nothing from the host)."""
+    key = (part, device)
+    if key not in self._indices:
+      self._indices[key] = jax.device_put(np.int32(part), device)
+    return self._indices[key]
+
+  @property
+  def far_compiled(self) -> int:
+    """How many of the part programs run on the helper were compiled for it, not loaded."""
+    return sum(fn is self.part_sums for fn in self._far.values())
+
+  def _far_fn(self, near_args: tuple, far_args: tuple, near=None) -> Callable:
+    """The part program for `near_args`' shapes (this device's arguments) on the device of
+    `far_args` (the same values there); `near`: the program compiled for them here, if the
+    caller has it."""
+    device = next(iter(far_args[-1].devices()))
+    key = (tuple((x.shape, x.dtype) for x in jax.tree.leaves(near_args)), device)
+    fn = self._far.get(key)
+    if fn is None:
+      fn = self._far[key] = self._load_far(near_args, far_args, device, near) or self.part_sums
+    return fn
+
+  def _load_far(self, near_args, far_args, device, near):
+    """This device's part program loaded on `device` (`runtime.load_on`), from the bytes kept
+    beside the persistent cache (`runtime.program_path`), else serialized from `near`; None where
+    neither loads and gives this device's result to the bit (part 1 of the row, run on both): the
+    jit then compiles for `device`. Bytes that pass are kept for later runs."""
+    here = next(iter(near_args[-1].devices()))
+    lowered = self.part_sums.lower(*near_args, self._index(0, here))
+    near = near or lowered.compile()
+    path = runtime.program_path(lowered)
+    sources = [lambda: runtime.executable_bytes(near)]
+    if path is not None and os.path.exists(path):
+      sources.insert(0, lambda: open(path, "rb").read())
+    for i, source in enumerate(sources):
+      blob = source()
+      far = None if blob is None else runtime.load_on(blob, near, device)
+      if far is None or not self._same(near_args, near, far_args, far):
+        continue
+      if path is not None and i == len(sources) - 1:  # not kept yet, or the kept bytes failed
+        with writers.atomic_path(path) as tmp, open(tmp, "wb") as f:
+          f.write(blob)
+      return far
+    return None
+
+  def _same(self, near_args, near, far_args, far) -> bool:
+    """Whether `far` (on the device of `far_args`) gives `near`'s bits for part 1."""
+    here, there = (next(iter(a[-1].devices())) for a in (near_args, far_args))
+    try:
+      want, got = near(*near_args, self._index(1, here)), far(*far_args, self._index(1, there))
+      return all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()), want, got)))
+    except jax.errors.JaxRuntimeError as e:  # bytes without their code (a program the cache served)
+      logging.info("part program: the copy on %s does not run (%s)", there, e)
+      return False
+
   def __call__(self, state: MetaTrainState, data: dict, order: jnp.ndarray, helper=None):
     args, far = self._inputs(state, helper)
+    here = next(iter(order.devices()))
     # the far parts first: they run while this device computes part 0
-    sums = [self.part_sums(*args[p], *(far or (data, order)), p) for p in range(1, self.parts)]
-    if far is not None:
-      sums = jax.device_put(sums, next(iter(order.devices())))
-    sums = [self.part_sums(*args[0], data, order, 0)] + sums
+    if far is None:
+      sums = [self.part_sums(*args[p], data, order, self._index(p, here)) for p in range(1, self.parts)]
+    else:
+      fn = self._far_fn((*args[0], data, order), (*args[1], *far))
+      sums = jax.device_put([fn(*args[p], *far, self._index(p, helper[0])) for p in range(1, self.parts)], here)
+    sums = [self.part_sums(*args[0], data, order, self._index(0, here))] + sums
     return self.combine(state, sums, order)
 
   def compile(self, state: MetaTrainState, data: dict, order: jnp.ndarray, helper=None) -> None:
     """Compiles the calls `__call__` makes with these arguments, without running them."""
     args, far = self._inputs(state, helper)
-    near = self.part_sums.lower(*args[0], data, order, 0).compile()
-    for p in range(1, self.parts):
-      self.part_sums.lower(*args[p], *(far or (data, order)), p).compile()
+    here = next(iter(order.devices()))
+    near = self.part_sums.lower(*args[0], data, order, self._index(0, here)).compile()
+    if far is not None and self._far_fn((*args[0], data, order), (*args[1], *far), near) is self.part_sums:
+      self.part_sums.lower(*args[1], *far, self._index(1, helper[0])).compile()  # compiled there: did not load
     self.combine.lower(state, [near.out_info] * self.parts, order).compile()
 
 
