@@ -144,9 +144,10 @@ def _time_epoch(step, fresh, datas, order, schedule, helper):
   stepped as a fit steps (`run_epoch`); `helper`: run_epoch's, for a step in parts (None: one call)."""
   import jax
 
+  from metarec_jax import runtime
   from metarec_jax.training.step import bucket_helper, run_epoch
 
-  here = next(iter(jax.tree.leaves(datas[0])[0].devices()))
+  here = runtime.device_of(datas[0])
 
   def start():  # committed to the data's device, as after a step: one compile per shape
     return jax.device_put(fresh(), here)

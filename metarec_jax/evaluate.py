@@ -12,6 +12,7 @@ from metarec_jax.data.episodes import device_episodes, featurize_episodes
 from metarec_jax.data.tasks import Episodes
 from metarec_jax.labels import LINKS, LabelSpec
 from metarec_jax.learners import Learner
+from metarec_jax.runtime import device_of
 
 
 def make_predict_fn(learner: Learner) -> Callable:
@@ -47,10 +48,6 @@ def predict_episodes(
     chunks = device_episodes(episodes, chunk)
   outs = [predict_fn(params, tables, c) for c in chunks]
   return np.concatenate([np.asarray(o) for o in outs])[:T]
-
-
-def _device_of(tree):
-  return next(iter(jax.tree.leaves(tree)[0].devices()))
 
 
 _SCORE_FNS: dict = {}
@@ -107,7 +104,7 @@ class Evaluator:
     # --length_buckets: each split's tasks by support length (data/buckets.py), at the training
     # buckets' sizes when given (every split then reuses the same few compiled shapes)
     self.buckets, self.bucket_sizes = buckets, bucket_sizes
-    self.devices = (_device_of(tables),) + (() if helper is None or helper == _device_of(tables) else (helper,))
+    self.devices = (device_of(tables),) + (() if helper is None or helper == device_of(tables) else (helper,))
     self._tables = {self.devices[0]: tables}
     self._arrays: dict = {}
     self._fns: dict = {}
@@ -167,7 +164,7 @@ class Evaluator:
     here = {self.devices[0]: params, **{d: jax.device_put(params, d) for d in self.devices[1:]}}
     # every chunk dispatched before any is read back: the devices run side by side
     pending = [
-      (idx, len(part), [fn(here[d], self._tables[d], c) for c in chunks for d in [_device_of(c)]])
+      (idx, len(part), [fn(here[d], self._tables[d], c) for c in chunks for d in [device_of(c)]])
       for idx, part, chunks in self._parts(key, episodes)
     ]
     out = np.zeros(episodes.query_item.shape, np.float32)

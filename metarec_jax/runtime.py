@@ -109,7 +109,7 @@ def release_free_memory() -> bool:
   """Gives the heap's free pages back to the system (glibc's `malloc_trim(0)`, every arena);
   True when something was released. XLA's compiles free much of what they allocate, in pieces
   that glibc keeps; trimmed where a run's compiles end (the learner's steps compiled ahead, each
-  baseline row), the default ML-1M run's cold-cache peak RSS fell from 1.85–1.92 to 1.61–1.69 GiB
+  validation-grid point, each baseline row), the default ML-1M run's cold-cache peak RSS fell from 1.85–1.92 to 1.61–1.69 GiB
   (docs/results.md). A no-op off glibc."""
   libc = _libc()
   return bool(libc.malloc_trim(0)) if libc is not None else False
@@ -171,6 +171,11 @@ def helper_device():
   return local[1] if len(local) > 1 else None
 
 
+def device_of(tree):
+  """The device that holds `tree`'s first array (a one-device tree: where it all is)."""
+  return next(iter(jax.tree.leaves(tree)[0].devices()))
+
+
 def executable_bytes(compiled: jax.stages.Compiled) -> bytes | None:
   """`compiled`'s executable, serialized (`jax.experimental.serialize_executable`), for
   `load_on`; None where it does not serialize. Complete only for a program compiled in this
@@ -189,7 +194,7 @@ def load_on(blob: bytes, like: jax.stages.Compiled, device) -> jax.stages.Compil
   on `device` without compiling it again; None where that cannot be done (a program over several
   devices, a jax whose executables do not load this way): the caller compiles for `device` then.
   On the CPU the code does not depend on the device that runs it: deserialized with `device` as
-  its one device it runs there (a step's second part: ~10 ms instead of a second compile)."""
+  its one device it runs there (a step's second part: a load instead of a second compile)."""
   import io
   import pickle
 

@@ -162,7 +162,7 @@ def _start_state(steps: TrainSteps, params, config):
   state = create_train_state(jax.random.key(config.seed + 1), params, steps.tx)
   if steps.mesh is None:  # committed where the data is, as every later step's state is: one compile
     data = steps.step_data[0] if isinstance(steps.step_data, list) else steps.step_data
-    state = jax.device_put(state, next(iter(jax.tree.leaves(data)[0].devices())))
+    state = jax.device_put(state, runtime.device_of(data))
   return state
 
 

@@ -199,7 +199,7 @@ class PartStep:
     """The part program for `near_args`' shapes (this device's arguments) on the device of
     `far_args` (the same values there); `near`: the program compiled for them here, if the
     caller has it."""
-    device = next(iter(far_args[-1].devices()))
+    device = runtime.device_of(far_args)
     key = (tuple((x.shape, x.dtype) for x in jax.tree.leaves(near_args)), device)
     fn = self._far.get(key)
     if fn is None:
@@ -211,13 +211,13 @@ class PartStep:
     beside the persistent cache (`runtime.program_path`), else serialized from `near`; None where
     neither loads and gives this device's result to the bit (part 1 of the row, run on both): the
     jit then compiles for `device`. Bytes that pass are kept for later runs."""
-    here = next(iter(near_args[-1].devices()))
+    here = runtime.device_of(near_args)
     lowered = self.part_sums.lower(*near_args, self._index(0, here))
     near = near or lowered.compile()
     path = runtime.program_path(lowered)
     sources = [lambda: runtime.executable_bytes(near)]
     if path is not None and os.path.exists(path):
-      sources.insert(0, lambda: open(path, "rb").read())
+      sources.insert(0, lambda: _read_bytes(path))
     for i, source in enumerate(sources):
       blob = source()
       far = None if blob is None else runtime.load_on(blob, near, device)
@@ -231,7 +231,7 @@ class PartStep:
 
   def _same(self, near_args, near, far_args, far) -> bool:
     """Whether `far` (on the device of `far_args`) gives `near`'s bits for part 1."""
-    here, there = (next(iter(a[-1].devices())) for a in (near_args, far_args))
+    here, there = runtime.device_of(near_args), runtime.device_of(far_args)
     try:
       want, got = near(*near_args, self._index(1, here)), far(*far_args, self._index(1, there))
       return all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()), want, got)))
@@ -241,7 +241,7 @@ class PartStep:
 
   def __call__(self, state: MetaTrainState, data: dict, order: jnp.ndarray, helper=None):
     args, far = self._inputs(state, helper)
-    here = next(iter(order.devices()))
+    here = runtime.device_of(order)
     # the far parts first: they run while this device computes part 0
     if far is None:
       sums = [self.part_sums(*args[p], data, order, self._index(p, here)) for p in range(1, self.parts)]
@@ -254,11 +254,16 @@ class PartStep:
   def compile(self, state: MetaTrainState, data: dict, order: jnp.ndarray, helper=None) -> None:
     """Compiles the calls `__call__` makes with these arguments, without running them."""
     args, far = self._inputs(state, helper)
-    here = next(iter(order.devices()))
+    here = runtime.device_of(order)
     near = self.part_sums.lower(*args[0], data, order, self._index(0, here)).compile()
     if far is not None and self._far_fn((*args[0], data, order), (*args[1], *far), near) is self.part_sums:
       self.part_sums.lower(*args[1], *far, self._index(1, helper[0])).compile()  # compiled there: did not load
     self.combine.lower(state, [near.out_info] * self.parts, order).compile()
+
+
+def _read_bytes(path: str) -> bytes:
+  with open(path, "rb") as f:
+    return f.read()
 
 
 def make_epoch_order(n_tasks: int, meta_batch_size: int, mesh=None) -> Callable:
