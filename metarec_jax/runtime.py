@@ -75,7 +75,8 @@ def configure(
   if compilation_cache_dir:
     os.makedirs(compilation_cache_dir, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", compilation_cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # every compile kept: a run's ~150 programs of a few milliseconds each add up to seconds
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 MALLOC_ARENAS = 4  # 2 cost the cold ML-1M run 15 % of its time in the compiler's threads; 4 did not

@@ -150,3 +150,16 @@ def test_json_writes_are_atomic(tmp_path):
     writers.write_json_atomic(path, {"a": 2, "b": Boom()})  # fails half-way through json.dump
   assert json.load(open(path)) == {"a": 1}  # the old file is untouched
   assert os.listdir(tmp_path) == ["out.json"]  # and no temp file is left behind
+
+
+def test_the_best_parameters_copy_outlives_the_donated_state_and_the_guard_sees_every_leaf():
+  from metarec_jax.training.loop import _all_finite, copy_tree
+
+  params = {"a": jnp.arange(3.0), "b": {"c": jnp.ones((2, 2)), "d": jnp.zeros((), jnp.int32)}}
+  best = copy_tree(params)
+  jax.tree.map(lambda x: x.delete(), params)  # what a step that donates its state does to it
+  np.testing.assert_array_equal(best["a"], [0.0, 1.0, 2.0])
+  np.testing.assert_array_equal(best["b"]["c"], np.ones((2, 2)))
+  assert _all_finite(best)
+  for bad in (jnp.nan, jnp.inf):
+    assert not _all_finite({**best, "b": {**best["b"], "c": best["b"]["c"].at[1, 0].set(bad)}})

@@ -1,6 +1,7 @@
 """Device-resident training: sharded over 4 fake devices equals one device, no host->device
 transfer inside the step loop, one compile, clear errors for bad device counts."""
 
+import os
 import chex
 import jax
 import jax.numpy as jnp
@@ -275,3 +276,21 @@ def test_the_second_part_is_loaded_from_the_first_parts_program_and_its_bytes_ke
   assert step.far_compiled == 1
   np.testing.assert_array_equal(got, losses)
   jax.tree.map(np.testing.assert_array_equal, params_got, params)
+
+
+def test_the_persistent_cache_keeps_every_compile_however_short(tmp_path):
+  """A warm run loads even its millisecond programs (an ML-1M run compiles ~150 of them: several
+  seconds of XLA and their traces' lowering when they are not kept)."""
+  import subprocess
+  import sys
+
+  cache = tmp_path / "cache"
+  code = (
+    "from metarec_jax import runtime\n"
+    f"runtime.configure(compilation_cache_dir={str(cache)!r})\n"
+    "import jax\n"
+    "print(float(jax.jit(lambda x: x * 3 + 1)(2.0)))\n"
+  )
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and proc.stdout.strip() == "7.0", proc.stderr[-2000:]
+  assert [f for f in os.listdir(cache) if not f.startswith("metarec")], "the tiny program was not cached"

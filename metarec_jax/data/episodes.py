@@ -81,6 +81,12 @@ def redraw_support_query(rng, ep: dict) -> dict:
   return out
 
 
+def on_device(arrays: dict) -> dict:
+  """{name: array} on the default device, as `jnp.asarray` would give them, without the copy
+  program `jnp.asarray` compiles for each shape of a host array (one compile per field)."""
+  return {k: jax.device_put(v if isinstance(v, jax.Array) else np.asarray(v)) for k, v in arrays.items()}
+
+
 def device_episodes(episodes: Episodes, chunk: int, devices=None) -> list[dict]:
   """The episodes in chunks of `chunk` tasks (the last padded by repeating the first tasks),
   each chunk on the device (`devices`: chunk c on devices[c % len(devices)]). Sliced on the
@@ -91,13 +97,13 @@ def device_episodes(episodes: Episodes, chunk: int, devices=None) -> list[dict]:
   arrays = episodes.arrays()
   chunks = [{k: v[idx[c * chunk : (c + 1) * chunk]] for k, v in arrays.items()} for c in range(n_chunks)]
   if devices is None:
-    return [{k: jnp.asarray(v) for k, v in c.items()} for c in chunks]
+    return [on_device(c) for c in chunks]
   return [jax.device_put(c, devices[i % len(devices)]) for i, c in enumerate(chunks)]
 
 
 def device_data(episodes: Episodes, tables: dict) -> dict:
   """{"episodes", "tables"} as device arrays: what the train step reads."""
   return {
-    "episodes": {k: jnp.asarray(v) for k, v in episodes.arrays().items()},
-    "tables": {k: jnp.asarray(v) for k, v in tables.items()},
+    "episodes": on_device(episodes.arrays()),
+    "tables": on_device(tables),
   }

@@ -40,10 +40,20 @@ def make_optimizer(config, params) -> optax.GradientTransformation:
   return tx
 
 
+@jax.jit
+def _finite(tree) -> jax.Array:
+  return jax.tree.reduce(lambda a, b: a & b, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree), jnp.array(True))
+
+
 def _all_finite(tree) -> bool:
-  return bool(
-    jax.tree.reduce(lambda a, b: a & b, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree), jnp.array(True))
-  )
+  """Whether every entry of `tree` is finite: one compiled call (op by op, each leaf's shape
+  would compile its own programs)."""
+  return bool(_finite(tree))
+
+
+# The best parameters' copy, in one compiled call (jnp.copy op by op compiles one per shape). A
+# copy, never the input's buffers: the step donates the state it is given.
+copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 
 def fit(
@@ -198,7 +208,7 @@ def _fit(
     FitState(
       train=_start_state(steps, params, config),
       epoch_key=jax.random.key(config.seed + 2),
-      best_params=jax.tree.map(jnp.copy, params),
+      best_params=copy_tree(params),
       progress=Progress(),
     ),
     mesh,
@@ -316,7 +326,7 @@ def _fit(
     best = dict(best_val=val[select], best_epoch=epoch, best_step=step) if improved else {}
     state = state.replace(
       epoch_key=next_key,
-      best_params=jax.tree.map(jnp.copy, state.train.params) if improved else state.best_params,
+      best_params=copy_tree(state.train.params) if improved else state.best_params,
       progress=dataclasses.replace(
         prog,
         epoch=epoch + 1,
