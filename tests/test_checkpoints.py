@@ -153,7 +153,8 @@ def test_json_writes_are_atomic(tmp_path):
 
 
 def test_the_best_parameters_copy_outlives_the_donated_state_and_the_guard_sees_every_leaf():
-  from metarec_jax.training.loop import _all_finite, copy_tree
+  from metarec_jax.runtime import copy_tree
+  from metarec_jax.training.loop import _all_finite
 
   params = {"a": jnp.arange(3.0), "b": {"c": jnp.ones((2, 2)), "d": jnp.zeros((), jnp.int32)}}
   best = copy_tree(params)

@@ -81,12 +81,6 @@ def redraw_support_query(rng, ep: dict) -> dict:
   return out
 
 
-def on_device(arrays: dict) -> dict:
-  """{name: array} on the default device, as `jnp.asarray` would give them, without the copy
-  program `jnp.asarray` compiles for each shape of a host array (one compile per field)."""
-  return {k: jax.device_put(v if isinstance(v, jax.Array) else np.asarray(v)) for k, v in arrays.items()}
-
-
 def device_episodes(episodes: Episodes, chunk: int, devices=None) -> list[dict]:
   """The episodes in chunks of `chunk` tasks (the last padded by repeating the first tasks),
   each chunk on the device (`devices`: chunk c on devices[c % len(devices)]). Sliced on the
@@ -96,14 +90,11 @@ def device_episodes(episodes: Episodes, chunk: int, devices=None) -> list[dict]:
   idx = np.arange(n_chunks * chunk) % len(episodes)
   arrays = episodes.arrays()
   chunks = [{k: v[idx[c * chunk : (c + 1) * chunk]] for k, v in arrays.items()} for c in range(n_chunks)]
-  if devices is None:
-    return [on_device(c) for c in chunks]
-  return [jax.device_put(c, devices[i % len(devices)]) for i, c in enumerate(chunks)]
+  # placed, not `jnp.asarray`'d: that compiles a copy program per shape and dtype of a host array
+  return [jax.device_put(c, None if devices is None else devices[i % len(devices)]) for i, c in enumerate(chunks)]
 
 
 def device_data(episodes: Episodes, tables: dict) -> dict:
-  """{"episodes", "tables"} as device arrays: what the train step reads."""
-  return {
-    "episodes": on_device(episodes.arrays()),
-    "tables": on_device(tables),
-  }
+  """{"episodes", "tables"} as device arrays (placed, as `device_episodes`): what the train step
+  reads."""
+  return {"episodes": jax.device_put(episodes.arrays()), "tables": jax.device_put(dict(tables))}

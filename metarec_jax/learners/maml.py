@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from metarec_jax import runtime
 from metarec_jax.data.schema import FieldSpec
 from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, concat_batches, loss_and_link
 from metarec_jax.learners.registry import POOLED, REUSE, LearnerSpec, register
@@ -302,7 +303,7 @@ def make_gradient_learner(
 def copy_network(params, pooled):
   """--init=pooled for gradient learners: the whole pooled network (extra meta-parameters
   such as Meta-SGD's rates stay as initialised)."""
-  return {**params, "model": jax.tree.map(jnp.copy, pooled["model"])}
+  return {**params, "model": runtime.copy_tree(pooled["model"])}
 
 
 def _gradient_spec(name: str, objective: str, reference: str | None = None, **fixed) -> LearnerSpec:

@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from metarec_jax import runtime
 from metarec_jax.data.schema import FieldSpec
 from metarec_jax.learners.base import Batch, Episode, FitContext, Learner, concat_batches, loss_and_link
 from metarec_jax.learners.factor_set import make_factor_set_learner
@@ -274,14 +275,14 @@ def warm_start_set(params, pooled):
     jnp.shape, params["model"]
   ) == jax.tree.map(jnp.shape, pooled["model"])
   if same_network:
-    return {**params, "model": jax.tree.map(jnp.copy, pooled["model"])}
+    return {**params, "model": runtime.copy_tree(pooled["model"])}
   src = pooled["model"]["params"]["embed"]
   dst = params["model"]["params"]["pair"]["embed"]
   if jax.tree.map(jnp.shape, src) != jax.tree.map(jnp.shape, dst):
     raise ValueError("pooled embeddings do not match the pair encoder's tables (is --linear on?)")
   inner = {
     **params["model"]["params"],
-    "pair": {**params["model"]["params"]["pair"], "embed": jax.tree.map(jnp.copy, src)},
+    "pair": {**params["model"]["params"]["pair"], "embed": runtime.copy_tree(src)},
   }
   return {**params, "model": {**params["model"], "params": inner}}
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metarec_jax import runtime
 from metarec_jax.data.episodes import featurize_episodes
 from metarec_jax.data.features import ITEM_ID_FIELD, featurize
 from metarec_jax.data.schema import VECTOR_KINDS, FieldSpec
@@ -223,7 +224,7 @@ class EpisodicRanker:
       if val is not None and (epoch % every == 0 or epoch == epochs):
         v = val(params)
         if v > best_val:
-          best, best_val, bad = jax.tree.map(jnp.copy, params), v, 0
+          best, best_val, bad = runtime.copy_tree(params), v, 0
         else:
           bad += 1
           if bad * every >= c.patience:

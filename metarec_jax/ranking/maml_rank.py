@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metarec_jax import runtime
+
 
 def init_params(key, n_items: int, dim: int, counts: np.ndarray) -> dict:
   k1, k2 = jax.random.split(key)
@@ -196,7 +198,7 @@ def fit(x, options, val=None):
       p = {**trainable, **fixed_values, "steps": jnp.int32(steps)}
       v = val(p)
       if v > best_val:
-        best, best_val = jax.tree.map(jnp.copy, p), v
+        best, best_val = runtime.copy_tree(p), v
   out = best if best is not None else {**trainable, **fixed_values, "steps": jnp.int32(steps)}
   if "a" in out and val is not None:
     # Meta-training reads cross-fitted bases (each fitted on 80 % of the training users); held-out

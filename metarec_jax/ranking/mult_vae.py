@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from metarec_jax import runtime
+
 
 class MultVAE(nn.Module):
   n_items: int
@@ -95,7 +97,7 @@ def mult_vae_fit(x, options, val=None):
     if val is not None and (epoch % options.get("val_every", 10) == 0 or epoch == epochs):
       v = val(params)
       if v > best_val:
-        best, best_val = jax.tree.map(jnp.copy, params), v
+        best, best_val = runtime.copy_tree(params), v
   return best if val is not None else params
 
 

@@ -51,11 +51,6 @@ def _all_finite(tree) -> bool:
   return bool(_finite(tree))
 
 
-# The best parameters' copy, in one compiled call (jnp.copy op by op compiles one per shape). A
-# copy, never the input's buffers: the step donates the state it is given.
-copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
-
-
 def fit(
   learner: Learner,
   params,
@@ -208,7 +203,7 @@ def _fit(
     FitState(
       train=_start_state(steps, params, config),
       epoch_key=jax.random.key(config.seed + 2),
-      best_params=copy_tree(params),
+      best_params=runtime.copy_tree(params),
       progress=Progress(),
     ),
     mesh,
@@ -326,7 +321,7 @@ def _fit(
     best = dict(best_val=val[select], best_epoch=epoch, best_step=step) if improved else {}
     state = state.replace(
       epoch_key=next_key,
-      best_params=copy_tree(state.train.params) if improved else state.best_params,
+      best_params=runtime.copy_tree(state.train.params) if improved else state.best_params,
       progress=dataclasses.replace(
         prog,
         epoch=epoch + 1,
