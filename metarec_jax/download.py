@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pathlib
 import re
 import shutil
 import tarfile
@@ -73,7 +74,7 @@ class _Sources:
       for root, _, names in os.walk(opened):
         for n in names:
           path = os.path.join(root, n)
-          self.members[f"{src}:{os.path.relpath(path, opened)}"] = lambda p=path: open(p, "rb").read()
+          self.members[f"{src}:{os.path.relpath(path, opened)}"] = lambda p=path: pathlib.Path(p).read_bytes()
       return
     for name, read in _archive_members(src, opened).items():
       self.members[f"{src}:{name}"] = read

@@ -204,12 +204,10 @@ def build_scenarios(ds: Dataset, cfg: TaskConfig, seed: int) -> Scenarios:
   if split.val_new_item is not None:
     kind[split.val_new_item & ~split.new_item] = 2
   EXISTING, NEW, VAL_NEW = (0, 2), (1,), (2,)
-  # which of the three item kinds each set keeps, looked up per rating (np.isin per user is slow)
-  allowed = {k: np.isin(np.arange(3), k) for k in (EXISTING, NEW, VAL_NEW)}
 
   def subset(user, kinds):
     items, ratings = by_user[user]
-    keep = allowed[kinds][kind[items]]
+    keep = np.isin(kind[items], kinds)
     return items[keep], ratings[keep]
 
   S, Q = cfg.support_size, cfg.query_size

@@ -4,6 +4,7 @@ an epoch's meta-batches that the fit calls."""
 from __future__ import annotations
 
 import os
+import pathlib
 from typing import Callable
 
 import jax
@@ -217,7 +218,7 @@ class PartStep:
     path = runtime.program_path(lowered)
     sources = [lambda: runtime.executable_bytes(near)]
     if path is not None and os.path.exists(path):
-      sources.insert(0, lambda: _read_bytes(path))
+      sources.insert(0, lambda: pathlib.Path(path).read_bytes())
     for i, source in enumerate(sources):
       blob = source()
       far = None if blob is None else runtime.load_on(blob, near, device)
@@ -259,11 +260,6 @@ class PartStep:
     if far is not None and self._far_fn((*args[0], data, order), (*args[1], *far), near) is self.part_sums:
       self.part_sums.lower(*args[1], *far, self._index(1, helper[0])).compile()  # compiled there: did not load
     self.combine.lower(state, [near.out_info] * self.parts, order).compile()
-
-
-def _read_bytes(path: str) -> bytes:
-  with open(path, "rb") as f:
-    return f.read()
 
 
 def make_epoch_order(n_tasks: int, meta_batch_size: int, mesh=None) -> Callable:
