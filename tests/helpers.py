@@ -1,4 +1,7 @@
-"""Small shared builders for tests (tiny synthetic data, a tiny model, featurised episodes)."""
+"""Small shared builders for tests (tiny synthetic data, a tiny model, featurised episodes), and
+a compile observer."""
+
+import contextlib
 
 import jax
 import pytest
@@ -61,3 +64,20 @@ def fast_first(values):
     v if i == 0 else pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=pytest.mark.slow)
     for i, v in enumerate(values)
   ]
+
+
+@contextlib.contextmanager
+def compiles():
+  """The names of the programs XLA compiles, or loads from the persistent cache, while the block
+  runs (JAX's backend-compile events; any thread's)."""
+  names = []
+
+  def listen(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      names.append(kwargs.get("fun_name", ""))
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    yield names
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)

@@ -1,6 +1,5 @@
 """Length buckets (data/buckets.py): the split, the meta-gradient, and one compile per bucket."""
 
-import contextlib
 import dataclasses
 import os
 
@@ -13,6 +12,8 @@ from metarec_jax.config import resolve
 from metarec_jax.data.buckets import bucket_sizes, make_bucket_order, pack_support, split_by_length
 from metarec_jax.data.episodes import featurize_episodes
 from metarec_jax.setup import build_setup
+
+from helpers import compiles
 
 
 @pytest.fixture(scope="module")
@@ -139,43 +140,14 @@ def test_steps_compiled_ahead_are_not_traced_again_by_the_fit(setup, monkeypatch
   # it from before the bytes were kept: `PartStep._load_far`), and the update that adds them
   assert len(compiled) == 2 * len(setup.data["buckets"]) + steps.step_fn.far_compiled
   fresh = lambda: jax.tree.map(jnp.copy, params)  # noqa: E731 (a fit donates its start)
-  jax.config.update("jax_log_compiles", True)
-  try:
-    with _compile_log() as log:
-      ahead, _ = loop.fit(learner, fresh(), setup.data, config, steps=steps, **kw)
-  finally:
-    jax.config.update("jax_log_compiles", False)
+  with compiles() as seen:
+    ahead, _ = loop.fit(learner, fresh(), setup.data, config, steps=steps, **kw)
   assert len(traces) == n  # the fit stepped with the compiled steps: no trace,
-  assert not [m for m in log if "part_sums" in m or "combine" in m], log  # no compile either
-  jax.config.update("jax_log_compiles", True)
-  try:
-    with _compile_log() as log:  # a fit that makes its own steps compiles them: the log sees it
-      plain, _ = loop.fit(learner, fresh(), setup.data, config, **kw)
-  finally:
-    jax.config.update("jax_log_compiles", False)
-  assert [m for m in log if "part_sums" in m]
+  assert not [m for m in seen if "part_sums" in m or "combine" in m], seen  # no compile either
+  with compiles() as seen:  # a fit that makes its own steps compiles them: the observer sees it
+    plain, _ = loop.fit(learner, fresh(), setup.data, config, **kw)
+  assert [m for m in seen if "part_sums" in m]
   jax.tree.map(np.testing.assert_array_equal, ahead, plain)
-
-
-@contextlib.contextmanager
-def _compile_log():
-  """The messages JAX logs for each compile (with `jax_log_compiles` on) while the block runs."""
-  import logging
-
-  seen = []
-
-  class Keep(logging.Handler):
-    def emit(self, record):
-      msg = record.getMessage()
-      if msg.startswith("Compiling "):
-        seen.append(msg[:80])
-
-  handler, logger = Keep(), logging.getLogger("jax._src.interpreters.pxla")
-  logger.addHandler(handler)
-  try:
-    yield seen
-  finally:
-    logger.removeHandler(handler)
 
 
 def test_the_cpu_devices_and_the_baselines_device(monkeypatch):

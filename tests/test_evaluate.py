@@ -8,6 +8,7 @@ import pytest
 from metarec_jax.config import resolve
 from metarec_jax.learners import attach_options
 from metarec_jax.setup import build_setup
+from helpers import compiles
 
 
 @pytest.fixture(scope="module")
@@ -89,22 +90,6 @@ def test_the_fold_ins_solve_without_lapack_so_two_devices_cannot_starve_the_thre
   assert "custom_call" in jax.jit(jax.numpy.linalg.solve).lower(a, b).as_text()  # what the check would see
 
 
-def _backend_compiles(fn) -> int:
-  """How many programs XLA compiles (or loads from the persistent cache) while `fn()` runs."""
-  events = []
-
-  def listen(event, duration, **kwargs):
-    if event == "/jax/core/compile/backend_compile_duration":
-      events.append(duration)
-
-  jax.monitoring.register_event_duration_secs_listener(listen)
-  try:
-    fn()
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listen)
-  return len(events)
-
-
 def test_a_split_goes_to_the_device_without_compiling_a_program_per_array(st):
   """Host arrays are placed (`jax.device_put`), not converted by `jnp.asarray`, which compiles a
   copy program for every shape and dtype: dozens of programs in an ML-1M run's set-up."""
@@ -112,11 +97,13 @@ def test_a_split_goes_to_the_device_without_compiling_a_program_per_array(st):
 
   eps = st.scen.val.take(np.arange(7))  # shapes no earlier test put on the device
   tables = {k: np.asarray(v)[:-1] for k, v in st.tables.items()}
-  placed = {}
-  assert _backend_compiles(lambda: placed.update(device_data(eps, tables))) == 0
-  assert _backend_compiles(lambda: device_episodes(eps, 3)) == 0
+  with compiles() as seen:
+    placed = device_data(eps, tables)
+    device_episodes(eps, 3)
+  assert seen == []
   for k, v in eps.arrays().items():
     assert isinstance(placed["episodes"][k], jax.Array)
     np.testing.assert_array_equal(placed["episodes"][k], v)
-  odd = np.zeros((7, 31, 3), np.int64)  # a shape nothing else converts: what `jnp.asarray` would compile
-  assert _backend_compiles(lambda: jax.numpy.asarray(odd)) == 1
+  with compiles() as seen:  # a shape nothing else converts: what `jnp.asarray` would compile
+    jax.numpy.asarray(np.zeros((7, 31, 3), np.int64))
+  assert len(seen) == 1
