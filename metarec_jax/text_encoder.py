@@ -25,11 +25,11 @@ import numpy as np
 from absl import logging
 
 from metarec_jax import writers
+from metarec_jax.data.cache import cache_dir
 
 TEXT_ENCODERS = ("none", "minilm")
 PACKAGE = "all_minilm_l6_v2"
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
-CACHE_ENV = "METAREC_CACHE_DIR"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,10 +212,6 @@ def add_text_fields(ds, fields: tuple, tables: dict, encode=None) -> tuple[tuple
 
 def text_key(text: str) -> str:
   return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def cache_dir() -> str:
-  return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "metarec_jax")
 
 
 def encode_texts(texts: list[str], encoder=None, *, directory: str | None = None) -> np.ndarray:

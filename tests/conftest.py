@@ -6,6 +6,8 @@ import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The dataset and text-vector caches of the tests' runs: a temporary folder, not the user's.
+os.environ.setdefault("METAREC_CACHE_DIR", os.path.join(tempfile.gettempdir(), "metarec-jax-test-files"))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

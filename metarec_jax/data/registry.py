@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from metarec_jax.data import csv_data, lastfm, melu_ml1m, movielens, synthetic
+import os
+
+from metarec_jax.data import cache, csv_data, lastfm, melu_ml1m, movielens, synthetic
 from metarec_jax.data.io import resolve_data_dir, resolve_delimiter
 from metarec_jax.data.schema import Dataset
 
@@ -47,12 +49,25 @@ def load_dataset(
       max_ratings=synthetic_max_ratings,
       seed=seed,
     )
+  # Real datasets: read back from the dataset cache when their files and the code are unchanged.
   if name == "ml-100k":
-    return movielens.load_ml100k(resolve_data_dir(data_dir))
+    root = resolve_data_dir(data_dir)
+    return cache.cached(name, [os.path.join(root, "ml-100k")], {}, lambda: movielens.load_ml100k(root))
   if name == "ml-1m":  # MeLU's protocol: its features and state files, the full ratings from the rda file
-    return melu_ml1m.load_melu_ml1m(resolve_data_dir(data_dir))
+    root = resolve_data_dir(data_dir)
+    folders = [os.path.join(root, "melu-ml-1m"), os.path.join(root, "ml-1m-ratings-rda")]
+    return cache.cached(name, folders, {}, lambda: melu_ml1m.load_melu_ml1m(root))
   if name == "lastfm":  # TaNP's lastfm_20: its exact episodes, or a fresh split by its recipe
-    return lastfm.load_tanp_lastfm(resolve_data_dir(data_dir), protocol=lastfm_protocol, seed=seed)
+    root = resolve_data_dir(data_dir)
+    return cache.cached(
+      name,
+      [os.path.join(root, lastfm.TANP_DIR)],
+      {"protocol": lastfm_protocol, "seed": seed},
+      lambda: lastfm.load_tanp_lastfm(root, protocol=lastfm_protocol, seed=seed),
+    )
   if name == "hetrec-lastfm":
-    return lastfm.load_hetrec_lastfm(resolve_data_dir(data_dir), seed=seed)
+    root = resolve_data_dir(data_dir)
+    return cache.cached(
+      name, [os.path.join(root, lastfm.HETREC_DIR)], {"seed": seed}, lambda: lastfm.load_hetrec_lastfm(root, seed=seed)
+    )
   raise ValueError(f"Unsupported dataset: {name!r}; choose one of {', '.join(DATASETS)}")
