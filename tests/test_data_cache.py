@@ -127,6 +127,18 @@ def test_an_unwritable_cache_folder_is_logged_and_the_load_goes_on(tmp_path, cou
   assert "cannot write the dataset cache's" in caplog.text
 
 
+def test_a_file_the_hash_cannot_read_is_logged_and_loaded_from_the_files(tmp_path, counted, monkeypatch, caplog):
+  def unreadable(h, root, label):
+    raise PermissionError(13, "Permission denied", os.path.join(root, "u.data"))
+
+  monkeypatch.setattr(cache, "_hash_tree", unreadable)
+  data = write_ml100k(tmp_path / "data")
+  with caplog.at_level("WARNING"):
+    assert load_dataset("ml-100k", data_dir=data).n_ratings == 4
+  assert "cannot hash the dataset's files for the cache" in caplog.text and "u.data" in caplog.text
+  assert len(counted) == 1 and not (tmp_path / "cache").exists()
+
+
 def test_the_switch_turns_the_cache_off(tmp_path, counted, monkeypatch):
   monkeypatch.setenv(cache.SWITCH_ENV, "0")
   data = write_ml100k(tmp_path / "data")

@@ -7,7 +7,8 @@ $METAREC_CACHE_DIR, default `~/.cache/metarec_jax`), holding the key it was made
 size and bytes), of the code that reads them (every module of `metarec_jax/data`), of the
 options, and of the numpy, pandas and rdata versions: any change to one of them loads from the
 files again and replaces the entry. `METAREC_DATASET_CACHE=0` turns the cache off. An entry that
-cannot be read is logged and rebuilt; one that cannot be written is logged and skipped. Files are
+cannot be read is logged and rebuilt; one that cannot be written is logged and skipped; a source
+file that cannot be hashed is logged and the dataset is loaded from the files. Files are
 written atomically. The entries are pickles: read them only from a folder you trust (your own).
 """
 
@@ -75,7 +76,11 @@ def cached(name: str, folders: list[str], options: dict, load: Callable[[], Data
   """`load()`'s dataset, from the cache where its entry matches, else loaded and stored."""
   if not enabled() or not all(os.path.isdir(f) for f in folders):  # missing: the loader's own error
     return load()
-  want = key(folders, options)
+  try:
+    want = key(folders, options)
+  except OSError as e:  # a file the hash cannot read: the loader says what is wrong, if it needs it
+    logging.warning("%s: cannot hash the dataset's files for the cache (%s); loading from the files", name, e)
+    return load()
   suffix = "".join(f"-{k}{v}" for k, v in sorted(options.items()))
   path = os.path.join(cache_dir(), "datasets", f"{name}{suffix}.pkl")
   if os.path.isfile(path):
