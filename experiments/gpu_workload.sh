@@ -59,7 +59,7 @@ wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", log)
 rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", log).group(1))
 t = json.load(open(d + "/timing.json"))
 m = json.load(open(d + "/final_metrics.json"))
-print(json.dumps({"part": f"ml1m_{run}", "wall": wall, "peak_rss_gb": rss / 1e6, "total_s": t["total_s"],
+print(json.dumps({"part": f"ml1m_{run}", "wall": wall, "peak_rss_gib": round(rss / 1024**2, 3), "total_s": t["total_s"],
                   "training": t["training"], "maml_mae": {s: v["mae"] for s, v in m["results"]["maml"].items()}}))
 PY
 done
