@@ -149,7 +149,7 @@ def test_the_switch_turns_the_cache_off(tmp_path, counted, monkeypatch):
 
 
 def test_bad_input_still_gets_the_loaders_error(tmp_path, counted):
-  with pytest.raises(DataError, match="ml-100k"):
+  with pytest.raises(DataError, match="ml-100k: directory not found"):
     load_dataset("ml-100k", data_dir=str(tmp_path / "nowhere"))
   data = write_ml100k(tmp_path / "data", data="1\t10\t7\t881250949\n")
   with pytest.raises(DataError, match=r"u.data:1: field 'rating' must be in \[1, 5\]"):

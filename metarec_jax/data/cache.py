@@ -1,15 +1,16 @@
 """Loaded real datasets kept on disk: a run reads the checked `Dataset` back instead of parsing
-and matching the source files again (ML-1M: 2.2 s to load, 4 ms to read back; HetRec: 5.5 s).
+and matching the source files again (ML-1M: 2.2 s to load, 15 ms to read back; HetRec: 5.4 s).
 
 One file per dataset and options, `<cache dir>/datasets/<name>[-<options>].pkl` (cache dir:
 $METAREC_CACHE_DIR, default `~/.cache/metarec_jax`), holding the key it was made under and the
-`Dataset`. The key is a SHA-256 of the dataset's source files (every file of its folders, path,
-size and bytes), of the code that reads them (every module of `metarec_jax/data`), of the
-options, and of the numpy, pandas and rdata versions: any change to one of them loads from the
-files again and replaces the entry. `METAREC_DATASET_CACHE=0` turns the cache off. An entry that
-cannot be read is logged and rebuilt; one that cannot be written is logged and skipped; a source
-file that cannot be hashed is logged and the dataset is loaded from the files. Files are
-written atomically. The entries are pickles: read them only from a folder you trust (your own).
+`Dataset`. The key is a SHA-256 of the dataset's source files (every file of the folders that
+`data_sources.DATASET_FOLDERS` names, path, size and bytes), of the code that reads them (every
+module of `metarec_jax/data`), of the options, and of the numpy, pandas and rdata versions: any
+change to one of them loads from the files again and replaces the entry. `METAREC_DATASET_CACHE=0`
+turns the cache off. An entry that cannot be read is logged and rebuilt; one that cannot be written
+is logged and skipped; a source file that cannot be hashed is logged and the dataset is loaded from
+the files. Files are written atomically. The entries are pickles: read them only from a folder you
+trust (your own).
 """
 
 from __future__ import annotations

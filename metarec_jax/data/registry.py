@@ -7,6 +7,7 @@ import os
 from metarec_jax.data import cache, csv_data, lastfm, melu_ml1m, movielens, synthetic
 from metarec_jax.data.io import resolve_data_dir, resolve_delimiter
 from metarec_jax.data.schema import Dataset
+from metarec_jax.data_sources import DATASET_FOLDERS
 
 DATASETS = ("synthetic", "ml-100k", "ml-1m", "lastfm", "hetrec-lastfm", "csv")
 
@@ -49,25 +50,19 @@ def load_dataset(
       max_ratings=synthetic_max_ratings,
       seed=seed,
     )
-  # Real datasets: read back from the dataset cache when their files and the code are unchanged.
-  if name == "ml-100k":
-    root = resolve_data_dir(data_dir)
-    return cache.cached(name, [os.path.join(root, "ml-100k")], {}, lambda: movielens.load_ml100k(root))
-  if name == "ml-1m":  # MeLU's protocol: its features and state files, the full ratings from the rda file
-    root = resolve_data_dir(data_dir)
-    folders = [os.path.join(root, "melu-ml-1m"), os.path.join(root, "ml-1m-ratings-rda")]
-    return cache.cached(name, folders, {}, lambda: melu_ml1m.load_melu_ml1m(root))
-  if name == "lastfm":  # TaNP's lastfm_20: its exact episodes, or a fresh split by its recipe
-    root = resolve_data_dir(data_dir)
-    return cache.cached(
-      name,
-      [os.path.join(root, lastfm.TANP_DIR)],
+  if name not in DATASET_FOLDERS:
+    raise ValueError(f"Unsupported dataset: {name!r}; choose one of {', '.join(DATASETS)}")
+  # A real dataset: read back from the dataset cache while its folders and the code are unchanged.
+  root = resolve_data_dir(data_dir)
+  options, load = {
+    "ml-100k": ({}, lambda: movielens.load_ml100k(root)),
+    # MeLU's protocol: its features and state files, the full ratings from the rda file
+    "ml-1m": ({}, lambda: melu_ml1m.load_melu_ml1m(root)),
+    # TaNP's lastfm_20: its exact episodes, or a fresh split by its recipe
+    "lastfm": (
       {"protocol": lastfm_protocol, "seed": seed},
       lambda: lastfm.load_tanp_lastfm(root, protocol=lastfm_protocol, seed=seed),
-    )
-  if name == "hetrec-lastfm":
-    root = resolve_data_dir(data_dir)
-    return cache.cached(
-      name, [os.path.join(root, lastfm.HETREC_DIR)], {"seed": seed}, lambda: lastfm.load_hetrec_lastfm(root, seed=seed)
-    )
-  raise ValueError(f"Unsupported dataset: {name!r}; choose one of {', '.join(DATASETS)}")
+    ),
+    "hetrec-lastfm": ({"seed": seed}, lambda: lastfm.load_hetrec_lastfm(root, seed=seed)),
+  }[name]
+  return cache.cached(name, [os.path.join(root, f) for f in DATASET_FOLDERS[name]], options, load)
