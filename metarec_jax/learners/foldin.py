@@ -138,28 +138,40 @@ def _blocks(keys: np.ndarray, n: int, size: int = 64):
   return out
 
 
-def _als_half(blocks, other: np.ndarray, other_idx: np.ndarray, resid: np.ndarray, out: np.ndarray, eye):
+def _solve_plan(keys: np.ndarray, other_keys: np.ndarray, resid: np.ndarray, n: int, n_other: int):
+  """`_blocks` of `keys`, with what every sweep of ALS reads from them precomputed once per fit:
+  [(keys [b], the other side's rows [b, L], residuals [b, L, 1])]. Padding points at row
+  `n_other`, which the factor arrays keep at zero, so the gather needs no mask."""
+  return [
+    (e, np.where(valid, other_keys[idx], n_other), (resid[idx] * valid)[..., None])
+    for e, idx, valid in _blocks(keys, n)
+  ]
+
+
+def _als_half(plan, other: np.ndarray, out: np.ndarray, eye):
   """Each key's ridge solve on its rows' factors of the other side, a block of keys at once."""
-  for e, idx, valid in blocks:
-    F = other[other_idx[idx]] * valid[..., None]  # [b, L, k]
-    A = np.matmul(F.transpose(0, 2, 1), F) + eye
-    y = np.matmul(F.transpose(0, 2, 1), (resid[idx] * valid)[..., None])
-    out[e] = np.linalg.solve(A, y)[..., 0]
+  for e, rows, y in plan:
+    F = np.take(other, rows, axis=0)  # [b, L, k]
+    Ft = F.transpose(0, 2, 1)
+    out[e] = np.linalg.solve(np.matmul(Ft, F) + eye, np.matmul(Ft, y))[..., 0]
 
 
 def fit_als(resid, u, i, n_users, n_items, rank, reg, iters, seed):
   """ALS on the residuals: alternately every user's and every item's ridge solve (batched in
-  blocks of similar counts; keys without ratings keep their random start)."""
+  blocks of similar counts; keys without ratings keep their random start). The factor arrays
+  carry one zero row past the end for the blocks' padding (`_solve_plan`)."""
   rng = np.random.default_rng(seed)
-  P = 0.1 * rng.standard_normal((n_users, rank))
-  Q = 0.1 * rng.standard_normal((n_items, rank))
-  by_user, by_item = _blocks(u, n_users), _blocks(i, n_items)
-  eye = reg * np.eye(rank)
+  P, Q = np.zeros((n_users + 1, rank)), np.zeros((n_items + 1, rank))
+  P[:n_users] = 0.1 * rng.standard_normal((n_users, rank))
+  Q[:n_items] = 0.1 * rng.standard_normal((n_items, rank))
   resid = np.asarray(resid, np.float64)
+  by_user = _solve_plan(u, i, resid, n_users, n_items)
+  by_item = _solve_plan(i, u, resid, n_items, n_users)
+  eye = reg * np.eye(rank)
   for _ in range(iters):
-    _als_half(by_user, Q, i, resid, P, eye)
-    _als_half(by_item, P, u, resid, Q, eye)
-  return P, Q
+    _als_half(by_user, Q, P, eye)
+    _als_half(by_item, P, Q, eye)
+  return P[:n_users], Q[:n_items]
 
 
 def make_foldin(
