@@ -159,10 +159,16 @@ def test_bad_input_still_gets_the_loaders_error(tmp_path, counted):
 
 @pytest.mark.slow
 def test_ml1m_read_back_equals_the_files(shared_data_dir, tmp_path, monkeypatch):
+  from metarec_jax.data import melu_ml1m
+
   monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
   monkeypatch.setenv(cache.SWITCH_ENV, "0")
   files = load_dataset("ml-1m", data_dir=shared_data_dir)
+  calls, real = [], melu_ml1m.load_melu_ml1m
+  monkeypatch.setattr(melu_ml1m, "load_melu_ml1m", lambda d: calls.append(d) or real(d))
   monkeypatch.setenv(cache.SWITCH_ENV, "1")
-  load_dataset("ml-1m", data_dir=shared_data_dir)
-  assert_same(files, load_dataset("ml-1m", data_dir=shared_data_dir))
+  load_dataset("ml-1m", data_dir=shared_data_dir)  # loads from the files and writes the entry
+  again = load_dataset("ml-1m", data_dir=shared_data_dir)
+  assert len(calls) == 1  # the second load read the entry back
+  assert_same(files, again)
   assert os.path.isfile(tmp_path / "cache" / "datasets" / "ml-1m.pkl")
