@@ -7,9 +7,14 @@
 #
 #   DATA_DIR=.devdata bash experiments/gpu_workload.sh
 #
-# DATA_DIR holds melu-ml-1m/ and ml-1m-ratings-rda/ (the device machine reaches no network and
-# sees only the repository: copy the two folders into a folder .git/info/exclude ignores, and
-# carry it). Needs jax with CUDA, flax, optax, absl-py, rdata and torch (CPU is enough); no install.
+# DATA_DIR holds melu-ml-1m/ and ml-1m-ratings-rda/. The device machine reaches no network and
+# sees only the repository: `experiments/gpu_prepare.sh` copies the two folders and the rdata
+# wheel into .gpu/ (git-ignored); carry it and run
+#
+#   DATA_DIR=.gpu/data WHEELS=.gpu/wheels bash experiments/gpu_workload.sh
+#
+# Needs jax with CUDA, flax, optax, orbax, absl-py, pandas, rdata and torch (CPU is enough);
+# WHEELS: a folder of wheels installed first into a scratch site (--no-index, --no-deps).
 # PEAK_FLOPS: the chip's FP32 peak in FLOP/s (default: the H100/H200 SXM non-tensor-core 67 TFLOP/s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +23,14 @@ OUT=${OUT:-runs/gpu_workload}
 PEAK_FLOPS=${PEAK_FLOPS:-67e12}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export METAREC_CACHE_DIR="$OUT/cache"
-PY=$(command -v python || command -v python3)
+PY=$(command -v python3 || command -v python)
 mkdir -p "$OUT"
+if [ -n "${WHEELS:-}" ]; then
+  compgen -G "$WHEELS/*.whl" >/dev/null || { echo "gpu_workload: WHEELS=$WHEELS holds no .whl file" >&2; exit 2; }
+  SITE="$(cd "$OUT" && pwd)/site"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
+  export PYTHONPATH="$PYTHONPATH:$SITE"
+fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
 "$PY" - <<'PY'
 import jax
