@@ -13,17 +13,21 @@ cd "$(dirname "$0")/.."
 SRC=${DATA_DIR:-${METAREC_DATA_DIR:-}}
 [ -n "$SRC" ] || { echo "gpu_prepare: set DATA_DIR (or METAREC_DATA_DIR) to the folder holding melu-ml-1m and ml-1m-ratings-rda" >&2; exit 2; }
 PY=$(command -v python3 || command -v python)
-for d in melu-ml-1m ml-1m-ratings-rda; do
+# The folders the ML-1M loader reads, from the project's own table; the installed rdata's version.
+read -r RDATA FOLDERS < <("$PY" -c 'import importlib.metadata as m
+from metarec_jax.data_sources import DATASET_FOLDERS
+print(m.version("rdata"), *DATASET_FOLDERS["ml-1m"])' 2>/dev/null) \
+  || { echo "gpu_prepare: run it with the project installed (pip install -e .): it reads metarec_jax and rdata" >&2; exit 2; }
+for d in $FOLDERS; do
   [ -d "$SRC/$d" ] || { echo "gpu_prepare: $SRC/$d: no such folder (expected the dataset folder named in ../shared/data/README)" >&2; exit 2; }
 done
 git check-ignore -q .gpu/data && git check-ignore -q .gpu.tmp/data || { echo "gpu_prepare: .gpu is not git-ignored; add /.gpu/ and /.gpu.tmp/ to .gitignore first" >&2; exit 2; }
 rm -rf .gpu.tmp
 mkdir -p .gpu.tmp/data .gpu.tmp/wheels
-for d in melu-ml-1m ml-1m-ratings-rda; do
+for d in $FOLDERS; do
   cp -r "$SRC/$d" .gpu.tmp/data/
 done
 chmod -R u+w .gpu.tmp
-RDATA=$("$PY" -c 'import importlib.metadata as m; print(m.version("rdata"))' 2>/dev/null || echo 1.1.0)
 "$PY" -m pip download -q --no-deps --only-binary=:all: -d .gpu.tmp/wheels "rdata==$RDATA"
 rm -rf .gpu
 mv .gpu.tmp .gpu

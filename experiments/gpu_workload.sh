@@ -5,8 +5,6 @@
 # then warm), each under /usr/bin/time. Prints the chip, then one JSON line per part; the files
 # go to OUT (default runs/gpu_workload).
 #
-#   DATA_DIR=.devdata bash experiments/gpu_workload.sh
-#
 # DATA_DIR holds melu-ml-1m/ and ml-1m-ratings-rda/. The device machine reaches no network and
 # sees only the repository: `experiments/gpu_prepare.sh` copies the two folders and the rdata
 # wheel into .gpu/ (git-ignored); carry it and run
